@@ -1,0 +1,172 @@
+"""The ``medrobust`` command line: a thin layer over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def parse_severities(text: str) -> tuple[int, ...]:
+    """``"1-5"``, ``"3"`` or ``"1,3,5"`` -> severities, each in 1..5."""
+    values: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, sep, hi = part.strip().partition("-")
+            values.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"severities must look like 1-5, 3 or 1,3,5; got {text!r}") from None
+    bad = [v for v in values if not 1 <= v <= 5]
+    if not values or bad:
+        raise argparse.ArgumentTypeError(f"severities must be in 1..5, got {text!r}")
+    return tuple(sorted(set(values)))
+
+
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _add_dataset_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", help="MedMNIST flag (e.g. breastmnist), a .npz file or an image folder")
+    p.add_argument("--split", default="test", help="dataset split (default: test)")
+    p.add_argument("--size", type=int, default=28, help="MedMNIST file size to read: 28, 64, 128 or 224")
+    p.add_argument("--data-root", help="data folder (default: $MEDROBUST_DATA, else the user cache)")
+    p.add_argument("--suite", default="medmnist-c",
+                   help="medmnist-c (of the dataset), imagenet-c, medimeta-c, or a .toml/.yaml file")
+    p.add_argument("--corruptions", type=_names, help="comma-separated subset of the suite")
+    p.add_argument("--severities", type=parse_severities, default=(1, 2, 3, 4, 5))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--native-size", action="store_true",
+                   help="keep the native image size (size-dependent parameters are scaled) "
+                        "instead of resizing to the suite's 224 px")
+
+
+def _suite_for(args: argparse.Namespace, dataset_name: str):
+    from .corruptions import get_suite
+
+    suite = get_suite(args.suite, dataset_name if args.suite == "medmnist-c" else None)
+    return suite.select(args.corruptions)
+
+
+def cmd_corrupt(args: argparse.Namespace) -> int:
+    from .corruptions.generate import generate_benchmark
+    from .data import open_dataset
+
+    dataset = open_dataset(args.dataset, split=args.split, size=args.size, root=args.data_root)
+    suite = _suite_for(args, dataset.name)
+    manifest = generate_benchmark(
+        dataset,
+        suite,
+        args.out,
+        layout=args.layout,
+        severities=args.severities,
+        seed=args.seed,
+        device=args.device,
+        batch_size=args.batch_size,
+        resize=not args.native_size,
+        compress=args.compress,
+        progress=not args.quiet,
+    )
+    print(f"wrote {dataset.name} ({dataset.split}, {len(dataset)} images) x {len(suite.corruptions)} "
+          f"corruptions x {len(args.severities)} severities; manifest: {manifest}")
+    return 0
+
+
+def cmd_corruptions(args: argparse.Namespace) -> int:
+    from .corruptions import get_suite, list_functions
+    from .corruptions.suites import medmnist_c_datasets
+
+    if args.suite:
+        suites = [get_suite(args.suite, args.dataset)]
+    else:
+        suites = [get_suite("imagenet-c"), get_suite("medimeta-c")]
+        suites += [get_suite("medmnist-c", d) for d in medmnist_c_datasets()]
+    if args.json:
+        print(json.dumps([s.to_dict() for s in suites], indent=2))
+        return 0
+    for suite in suites:
+        title = suite.name + (f" / {suite.dataset}" if suite.dataset else "")
+        print(f"{title}: {len(suite.corruptions)} corruptions at {suite.reference_size} px")
+        for name, entry in suite.entries.items():
+            params = ", ".join(str(p) for p in entry.params)
+            flag = "" if entry.benchmark else " (held out)"
+            print(f"  {name:<18} {entry.function:<22} {params}{flag}")
+    if not args.suite:
+        print(f"functions: {', '.join(list_functions())}")
+    return 0
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from .data import open_dataset
+    from .reporting.montage import corruption_montage, save_png_atomic
+
+    dataset = open_dataset(args.dataset, split=args.split, size=args.size, root=args.data_root)
+    suite = _suite_for(args, dataset.name)
+    if not 1 <= args.samples <= len(dataset):
+        raise ValueError(f"--samples must be in 1..{len(dataset)}")
+    sample = dataset.subset(list(range(args.start, args.start + args.samples)))
+    indices, images, _ = next(sample.iter_batches(args.samples))
+    montage = corruption_montage(
+        images, suite, indices=indices.tolist(), severities=args.severities, seed=args.seed,
+        resize=not args.native_size,
+    )
+    path = save_png_atomic(montage, args.out)
+    print(f"wrote {path} ({montage.width}x{montage.height})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="medrobust",
+        description="Corruption benchmarks and robustness evaluation of medical vision-language models.",
+    )
+    parser.add_argument("--version", action="version", version=f"medrobust {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("corrupt", help="write a corrupted benchmark (clean + corruptions x severities)")
+    _add_dataset_options(p)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--layout", choices=("medimeta-c", "medmnist-c"), default="medimeta-c")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--compress", action="store_true", help="deflate the .npz files (smaller, slower)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_corrupt)
+
+    p = sub.add_parser("corruptions", help="list suites, corruptions and their parameters")
+    p.add_argument("--suite", help="one suite (default: all)")
+    p.add_argument("--dataset", help="MedMNIST flag for the medmnist-c suite")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_corruptions)
+
+    p = sub.add_parser("preview", help="montage of sample images: corruptions x severities")
+    _add_dataset_options(p)
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--samples", type=int, default=1, help="images per corruption (default 1)")
+    p.add_argument("--start", type=int, default=0, help="index of the first sample")
+    p.set_defaults(func=cmd_preview)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 ok, 2 bad input or failure)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, TypeError, FileNotFoundError, PermissionError, OSError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"medrobust {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished files are kept and a rerun resumes", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

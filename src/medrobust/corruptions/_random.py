@@ -1,0 +1,89 @@
+"""Per-image random streams.
+
+Every random draw a corruption makes for one image comes from a generator keyed by
+``(seed, corruption, severity, dataset index)``. The output for an image therefore never
+depends on batch size, batch order or worker count, and two seeds give different noise.
+Draws for a whole batch are written into one preallocated tensor; only the per-image
+generator call loops in Python, all arithmetic on the images is batched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["ImageRandom", "derive_seed"]
+
+_SEED_MASK = (1 << 63) - 1
+
+
+def derive_seed(seed: int, corruption: str, severity: int, index: int) -> int:
+    """A 63-bit seed for one image, stable across processes, platforms and Python versions."""
+    key = f"{int(seed)}/{corruption}/{int(severity)}/{int(index)}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & _SEED_MASK
+
+
+class ImageRandom:
+    """One independent random stream per image of a batch.
+
+    Methods return tensors whose first dimension is the batch; row ``i`` holds draws from
+    image ``i``'s stream only. Calls must happen in the same order for every image, which
+    holds for batched corruption code by construction.
+    """
+
+    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.seeds = [int(s) for s in seeds]
+        self._generators = [
+            torch.Generator(device=self.device).manual_seed(s) for s in self.seeds
+        ]
+
+    @classmethod
+    def for_images(
+        cls,
+        seed: int,
+        corruption: str,
+        severity: int,
+        indices: Sequence[int],
+        device: torch.device | str = "cpu",
+    ) -> ImageRandom:
+        """Streams for the images at ``indices`` of a dataset."""
+        return cls([derive_seed(seed, corruption, severity, i) for i in indices], device)
+
+    def __len__(self) -> int:
+        return len(self._generators)
+
+    def _fill(self, shape: Sequence[int], draw: str, **kwargs: float) -> torch.Tensor:
+        out = torch.empty((len(self), *shape), dtype=torch.float32, device=self.device)
+        for row, generator in zip(out, self._generators, strict=True):
+            getattr(row, draw)(generator=generator, **kwargs)
+        return out
+
+    def normal(self, shape: Sequence[int] = ()) -> torch.Tensor:
+        """Standard normal draws, shape ``(N, *shape)``, float32."""
+        return self._fill(shape, "normal_")
+
+    def uniform(self, shape: Sequence[int] = (), low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+        """Uniform draws on ``[low, high)``, shape ``(N, *shape)``, float32."""
+        return self._fill(shape, "uniform_", **{"from": low, "to": high})
+
+    def integers(self, low: int, high: int, shape: Sequence[int] = ()) -> torch.Tensor:
+        """Integers uniform on ``[low, high]`` (both inclusive), shape ``(N, *shape)``, int64."""
+        if high < low:
+            raise ValueError(f"empty integer range [{low}, {high}]")
+        out = torch.empty((len(self), *shape), dtype=torch.int64, device=self.device)
+        for row, generator in zip(out, self._generators, strict=True):
+            row.random_(low, high + 1, generator=generator)
+        return out
+
+    def poisson(self, rates: torch.Tensor) -> torch.Tensor:
+        """Poisson draws with per-element ``rates`` of shape ``(N, ...)``, float32."""
+        if rates.shape[0] != len(self):
+            raise ValueError(f"rates has {rates.shape[0]} rows for {len(self)} streams")
+        rates = rates.to(torch.float32)
+        out = torch.empty_like(rates)
+        for i, generator in enumerate(self._generators):
+            out[i] = torch.poisson(rates[i], generator=generator)
+        return out

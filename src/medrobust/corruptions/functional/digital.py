@@ -1,0 +1,168 @@
+"""Digital corruptions: pixelation (PIL BOX / NEAREST resizing) and JPEG compression.
+
+``pixelate`` and ``pixelate_nearest`` are batched, bit-exact ports of Pillow's 8-bit resampler
+(``Resample.c``: separable passes, 22-bit fixed-point weights, an 8-bit rounded intermediate) and of its NEAREST resize (``ImagingScaleAffine``). A BOX window gives
+every pixel in it the same weight, so each output pixel is a window sum taken from a cumulative
+sum: two gathers per pass, whatever the factor.
+
+``jpeg_compression`` uses torchvision's libjpeg encoder and decoder, which write the same bytes
+as ``PIL.Image.save(..., 'JPEG', quality=q)`` (baseline, 4:2:0 chroma subsampling, the IJG
+quality-scaled tables) and decode them identically.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from numbers import Integral
+
+import torch
+import torch.nn.functional as F
+from torchvision.io import decode_jpeg, encode_jpeg
+
+from medrobust.corruptions.functional._utils import check_images
+from medrobust.corruptions.functional.color import _batch_slices, _check_real
+
+__all__ = ["jpeg_compression", "pixelate", "pixelate_nearest"]
+
+_PRECISION_BITS = 32 - 8 - 2  # Resample.c: fixed-point precision of 8-bit resampling
+
+
+@lru_cache(maxsize=128)
+def _box_windows(in_size: int, out_size: int) -> tuple[list[int], list[int], list[int]]:
+    """Pillow's BOX coefficients for one axis as (start, stop, fixed-point weight) per output.
+
+    Follows ``precompute_coeffs`` (support 0.5 scaled by the reduction factor, bounds rounded
+    with ``(int)(x + 0.5)``) and ``normalize_coeffs_8bpc`` (weights ``(int)(0.5 + k * 2**22)``).
+    """
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 0.5 * filterscale
+    ss = 1.0 / filterscale
+    starts, stops, weights = [], [], []
+    for xx in range(out_size):
+        center = (xx + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)
+        xmax = min(int(center + support + 0.5), in_size)
+        inside = [x for x in range(xmin, xmax) if -0.5 < (x - center + 0.5) * ss <= 0.5]
+        starts.append(inside[0])
+        stops.append(inside[-1] + 1)
+        weights.append(int(0.5 + (1.0 / len(inside)) * (1 << _PRECISION_BITS)))
+    return starts, stops, weights
+
+
+@lru_cache(maxsize=128)
+def _box_tensors(
+    in_size: int, out_size: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``_box_windows`` as tensors on ``device``: start and stop (int64), weight (int32)."""
+    starts, stops, weights = _box_windows(in_size, out_size)
+    return (
+        torch.tensor(starts, dtype=torch.int64, device=device),
+        torch.tensor(stops, dtype=torch.int64, device=device),
+        torch.tensor(weights, dtype=torch.int32, device=device),
+    )
+
+
+def _box_pass(x: torch.Tensor, out_size: int, dim: int) -> torch.Tensor:
+    """One Pillow BOX pass of uint8 images along ``dim`` (-1 = horizontal, -2 = vertical)."""
+    in_size = x.shape[dim]
+    if in_size == out_size:
+        return x
+    start, stop, weight = _box_tensors(in_size, out_size, x.device)
+    if out_size >= in_size:  # enlarging: every window is one pixel of weight exactly 1
+        return x.index_select(dim, start)
+    if dim == -2:
+        weight = weight[:, None]
+    pad = (1, 0) if dim == -1 else (0, 0, 1, 0)
+    cumulative = F.pad(torch.cumsum(x, dim, dtype=torch.int32), pad)
+    sums = cumulative.index_select(dim, stop) - cumulative.index_select(dim, start)
+    rounded = sums.mul_(weight).add_(1 << (_PRECISION_BITS - 1)) >> _PRECISION_BITS
+    return rounded.clamp_(max=255).to(torch.uint8)
+
+
+def _box_resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """PIL ``resize((width, height), BOX)`` of uint8 images (N, C, H, W).
+
+    Pillow resamples horizontally first, except (since Pillow 13) when the height shrinks by
+    more than twice as many pixels as the width; the order changes the rounded intermediate.
+    """
+    if x.shape[-2] - height > 2 * (x.shape[-1] - width):
+        return _box_pass(_box_pass(x, height, -2), width, -1)
+    return _box_pass(_box_pass(x, width, -1), height, -2)
+
+
+@lru_cache(maxsize=128)
+def _nearest_index(in_size: int, out_size: int, device: torch.device) -> torch.Tensor:
+    """Source index of each output pixel of PIL's NEAREST resize (``ImagingScaleAffine``).
+
+    Pillow accumulates the position in double precision: ``xo = a/2``, then ``xo += a``.
+    """
+    step = in_size / out_size
+    position = step * 0.5
+    index = []
+    for _ in range(out_size):
+        index.append(min(int(position), in_size - 1))
+        position += step
+    return torch.tensor(index, dtype=torch.int64, device=device)
+
+
+def _nearest_resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """PIL ``resize((width, height), NEAREST)`` of images (N, C, H, W)."""
+    rows = _nearest_index(x.shape[-2], height, x.device)
+    cols = _nearest_index(x.shape[-1], width, x.device)
+    return x.index_select(-2, rows).index_select(-1, cols)
+
+
+def _reduced_size(images: torch.Tensor, factor: float) -> tuple[int, int]:
+    """``(int(H * factor), int(W * factor))`` as the references compute it, checked non-empty."""
+    factor = _check_real("factor", factor, low=0.0, high=1.0, low_open=True)
+    h, w = images.shape[-2:]
+    small = (int(h * factor), int(w * factor))
+    if min(small) < 1:
+        raise ValueError(
+            f"factor {factor} shrinks a {h}x{w} image to {small[0]}x{small[1]}; "
+            f"use a factor >= {1.0 / min(h, w):.4g} for this size"
+        )
+    return small
+
+
+def pixelate(images: torch.Tensor, factor: float) -> torch.Tensor:
+    """MedMNIST-C pixelate: PIL BOX resize to ``int(size * factor)``, then BOX back to the size."""
+    check_images(images)
+    small_h, small_w = _reduced_size(images, factor)
+    h, w = images.shape[-2:]
+    out = torch.empty_like(images)
+    for sl in _batch_slices(images):
+        out[sl] = _box_resize(_box_resize(images[sl], small_h, small_w), h, w)
+    return out
+
+
+def pixelate_nearest(images: torch.Tensor, factor: float) -> torch.Tensor:
+    """ImageNet-C pixelate (imagecorruptions): PIL BOX down by ``factor``, then NEAREST back up."""
+    check_images(images)
+    small_h, small_w = _reduced_size(images, factor)
+    h, w = images.shape[-2:]
+    out = torch.empty_like(images)
+    for sl in _batch_slices(images):
+        out[sl] = _nearest_resize(_box_resize(images[sl], small_h, small_w), h, w)
+    return out
+
+
+def jpeg_compression(images: torch.Tensor, quality: int) -> torch.Tensor:
+    """JPEG encode at ``quality`` and decode, byte-identical to PIL's default JPEG save.
+
+    RGB images are 4:2:0 YCbCr JPEGs; grey images are 1-channel JPEGs, which decode to exactly
+    what the reference's grey -> RGB -> JPEG -> ``convert('L')`` gives. Encoding runs on CPU
+    (libjpeg); CUDA input is copied there and back.
+    """
+    check_images(images)
+    if isinstance(quality, bool) or not isinstance(quality, Integral):
+        raise TypeError(f"quality must be an int, got {type(quality).__name__}")
+    quality = int(quality)
+    if not 1 <= quality <= 100:
+        raise ValueError(f"quality must be in 1..100, got {quality}")
+    if images.shape[0] == 0:
+        return images.clone()
+    cpu = images.cpu().contiguous()
+    decoded = decode_jpeg(encode_jpeg(list(cpu), quality=quality))
+    return torch.stack(decoded).to(images.device)

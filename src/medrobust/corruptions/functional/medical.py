@@ -1,0 +1,488 @@
+"""Task-specific medical corruptions of MedMNIST-C: stain deposit, bubble, black corner, characters.
+
+Batched re-implementations of ``medmnistc``'s ``StainDeposit``, ``Bubble``, ``BlackCorner`` and
+``Characters`` (microscopy.py). Pixel constants of the reference (margins, the bubble rim, the
+letter width) are taken at 224 px and scale with the image size; lower ends of random ranges are
+clamped to the upper ends, so that no size or parameter raises (reference defect 10).
+Fixed reference defects: the ink size follows the severity (defect 6, ``ink_size``), the bubble
+centre ranges use (width, height) in the right order (defect 10), grey images take one channel
+(defect 9). Ink masks are generated procedurally here instead of shipping ``assets/inks.npz``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+import string
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from medrobust.corruptions._random import ImageRandom
+from medrobust.corruptions.functional._utils import (
+    check_images,
+    gaussian_kernel1d,
+    separable_conv2d,
+)
+
+__all__ = [
+    "STAIN_INK_SIZES",
+    "black_corner",
+    "bubble",
+    "characters",
+    "scale_bubble",
+    "scale_characters",
+    "scale_ink_size",
+    "scale_stain_deposit",
+    "stain_deposit",
+]
+
+REFERENCE_SIZE = 224
+STAIN_INK_SIZES = (12, 16, 24, 32, 42)
+"""Ink blob sizes (px at 224) of severities 1..5, the reference's ``inks.npz`` keys '1'..'5'."""
+
+_INK_VARIANTS = 10
+_INK_SEED = 61_2024
+_MARGIN = 10
+_BUBBLE_RIM = 2
+_BUBBLE_MIN_RADIUS = 3
+_BUBBLE_MIN_COUNT = 7
+_BUBBLE_ALPHA_INNER = 100
+_BUBBLE_ALPHA_RIM = 130
+_LETTER_WIDTH = 8
+_MIN_LETTERS = 3
+_MIN_FONT_SCALE_STEPS = 14  # font scale randint(14, 100 fs) / 100 at 224 px
+_MIN_RENDER_SCALE = 0.14  # smaller fonts are drawn supersampled
+_FONT = cv2.FONT_HERSHEY_DUPLEX
+
+
+def _round_px(x: float) -> int:
+    """Round a pixel count half up (Python's round() rounds half to even)."""
+    return math.floor(x + 0.5)
+
+
+def _as_int(value: object, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if int(value) < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def _as_positive_float(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a positive number, got {value!r}")
+    if not math.isfinite(float(value)) or float(value) <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value}")
+    return float(value)
+
+
+def _as_tuple(param: object, names: tuple[str, ...]) -> tuple[object, ...]:
+    if not isinstance(param, (tuple, list)) or len(param) != len(names):
+        raise TypeError(f"param must be a tuple ({', '.join(names)}), got {param!r}")
+    return tuple(param)
+
+
+def _check_rng(rng: ImageRandom, images: torch.Tensor) -> None:
+    if not isinstance(rng, ImageRandom):
+        raise TypeError(f"rng must be an ImageRandom, got {type(rng).__name__}")
+    if len(rng) != images.shape[0]:
+        raise ValueError(f"rng has {len(rng)} streams for a batch of {images.shape[0]} images")
+
+
+def _uniform_int(u: torch.Tensor, low: torch.Tensor | int, high: torch.Tensor) -> torch.Tensor:
+    """Map uniform draws u in [0, 1) to integers in [low, high] (both inclusive, per element)."""
+    span = high - low + 1
+    return low + torch.minimum((u * span).long(), span - 1)
+
+
+# ----------------------------------------------------------------------------- stain deposit
+
+
+@functools.lru_cache(maxsize=32)
+def _ink_masks(size: int, device: torch.device) -> torch.Tensor:
+    """Ten irregular ink-blob masks of ``size`` x ``size`` px, (10, size, size) bool.
+
+    Smoothed Gaussian noise perturbs the radius of a randomly rotated, stretched disk, which gives
+    blots with ragged edges and the odd splash, about 45 % of the square covered. A fixed seed per
+    size makes them the same in every process; computed in float64 on the CPU.
+    """
+    if size == 1:
+        return torch.ones(_INK_VARIANTS, 1, 1, dtype=torch.bool, device=device)
+    gen = np.random.default_rng([_INK_SEED, size])
+    half = size / 2.0
+    coords = (torch.arange(size, dtype=torch.float64) + 0.5 - half) / half
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    angle = torch.from_numpy(gen.uniform(0.0, math.pi, (_INK_VARIANTS, 1, 1)))
+    stretch = torch.from_numpy(gen.uniform(0.7, 1.0, (_INK_VARIANTS, 1, 1)))
+    u = xx * torch.cos(angle) + yy * torch.sin(angle)
+    v = (yy * torch.cos(angle) - xx * torch.sin(angle)) / stretch
+    rho = torch.sqrt(u * u + v * v)
+    field = 1.0 - rho
+    for scale, amplitude in ((8.0, 0.3), (24.0, 0.1)):
+        noise = torch.from_numpy(gen.standard_normal((_INK_VARIANTS, 1, size, size)))
+        sigma = max(size / scale, 0.5)
+        taps = gaussian_kernel1d(sigma, radius=min(max(1, math.ceil(3 * sigma)), size - 1))
+        noise = separable_conv2d(noise, taps.to(torch.float64), padding_mode="circular")[:, 0]
+        field = field + amplitude * noise / noise.flatten(1).std(dim=1).clamp_min(1e-12)[:, None, None]
+    masks = (field > 0.2) & (rho < 1.0)
+    masks[:, size // 2, size // 2] = True
+    return masks.to(device)
+
+
+def scale_ink_size(ink_size: int, factor: float) -> int:
+    """Ink blob size for an image ``factor`` times the 224 px reference (at least 1 px)."""
+    ink_size = _as_int(ink_size, "ink_size", 1)
+    factor = _as_positive_float(factor, "factor")
+    return max(1, _round_px(ink_size * factor))
+
+
+def scale_stain_deposit(max_marks: int, factor: float) -> int:
+    """The mark count does not depend on the image size; scale the ink with scale_ink_size."""
+    _as_positive_float(factor, "factor")
+    return _as_int(max_marks, "max_marks", 1)
+
+
+def stain_deposit(
+    images: torch.Tensor, max_marks: int, *, rng: ImageRandom, ink_size: int = 24
+) -> torch.Tensor:
+    """Black ink blots (microscopy slide stains): pixels under 1..max_marks blobs are set to 0.
+
+    Each image gets n ~ U{1..max_marks} blobs of ``ink_size`` px (STAIN_INK_SIZES[k-1] at severity
+    k, 224 px), each one of ten fixed shapes, with its top-left corner uniform such that a margin of
+    10 px (at 224) is kept. Blobs larger than the image are cropped.
+    """
+    check_images(images)
+    _check_rng(rng, images)
+    max_marks = _as_int(max_marks, "max_marks", 1)
+    ink_size = _as_int(ink_size, "ink_size", 1)
+    n, c, h, w = images.shape
+    device = images.device
+
+    def corner_range(extent: int) -> tuple[int, int]:
+        margin = min(_round_px(_MARGIN * extent / REFERENCE_SIZE), max(extent - ink_size, 0) // 2)
+        return margin, max(extent - ink_size - margin, margin)
+
+    (y_lo, y_hi), (x_lo, x_hi) = corner_range(h), corner_range(w)
+    count = rng.integers(1, max_marks).to(device)
+    shape = rng.integers(0, _INK_VARIANTS - 1, (max_marks,)).to(device)
+    top = rng.integers(y_lo, y_hi, (max_marks,)).to(device)
+    left = rng.integers(x_lo, x_hi, (max_marks,)).to(device)
+
+    inks = _ink_masks(ink_size, device)[shape]
+    inks &= (torch.arange(max_marks, device=device) < count[:, None])[:, :, None, None]
+    img, mark, dy, dx = inks.nonzero(as_tuple=True)
+    y, x = top[img, mark] + dy, left[img, mark] + dx
+    inside = (y < h) & (x < w)  # only inks larger than the image stick out
+    pixel = (img * (c * h * w) + y * w + x)[inside]
+    index = (pixel[:, None] + torch.arange(c, device=device) * (h * w)).view(-1)
+    # only covered pixels are written, all with 0: repeated indices are harmless
+    return images.clone().view(-1).index_fill_(0, index, 0).view(n, c, h, w)
+
+
+# ----------------------------------------------------------------------------- bubble
+
+
+@functools.lru_cache(maxsize=32)
+def _disk_half_widths(max_radius: int, device: torch.device) -> torch.Tensor:
+    """Row half-widths of PIL's filled circles: table[r, |dy|] = max |dx| drawn, -1 if none.
+
+    ``ImageDraw.ellipse((x-r, y-r, x+r, y+r))`` fills rows symmetrically and contiguously, so
+    this table reproduces its raster exactly (it is not quite a distance threshold).
+    """
+    table = torch.full((max_radius + 1, max_radius + 1), -1, dtype=torch.int64)
+    side = 2 * max_radius + 3
+    centre = max_radius + 1
+    for r in range(max_radius + 1):
+        canvas = Image.new("L", (side, side), 0)
+        ImageDraw.Draw(canvas).ellipse((centre - r, centre - r, centre + r, centre + r), fill=1)
+        rows = torch.from_numpy(np.asarray(canvas, dtype=np.int64))[centre:, centre:]
+        filled = rows.sum(dim=1)[: max_radius + 1]
+        table[r] = torch.where(filled > 0, filled - 1, -1)
+    return table.to(device)
+
+
+def scale_bubble(param: tuple[int, int], factor: float) -> tuple[int, int]:
+    """(max radius, max bubbles) for an image ``factor`` times 224 px: the radius scales."""
+    max_radius, max_bubbles = _as_tuple(param, ("max_radius", "max_bubbles"))
+    max_radius = _as_int(max_radius, "max_radius", 1)
+    factor = _as_positive_float(factor, "factor")
+    return max(1, _round_px(max_radius * factor)), _as_int(max_bubbles, "max_bubbles", 1)
+
+
+def _bubble_code_map(
+    height: int, width: int, centre_y: torch.Tensor, centre_x: torch.Tensor,
+    radius: torch.Tensor, valid: torch.Tensor, rim: int, max_radius: int,
+) -> torch.Tensor:
+    """Which bubble is on top at every pixel, and whether it is its interior, (N, H*W) integers.
+
+    0 = no bubble; 2 * (b + 1) + 1 = interior of bubble b, 2 * (b + 1) = its rim. PIL overwrites
+    the overlay, so the last bubble drawn that covers a pixel wins: the largest code does.
+    Each bubble is a (2 reach + 1)^2 patch scattered with ``amax`` into a padded canvas.
+    """
+    n, b = radius.shape
+    dtype = torch.uint8 if 2 * b + 1 <= 255 else torch.int16  # smallest canvas that holds codes
+    if 2 * b + 1 > torch.iinfo(torch.int16).max:
+        raise ValueError(f"at most 16383 bubbles are supported, got {b}")
+    device = radius.device
+    reach = max_radius + rim
+    table = _disk_half_widths(reach, device)
+    offsets = torch.arange(-reach, reach + 1, device=device)
+    dist = offsets.abs()
+    outside = torch.tensor(-1, device=device)
+    half_outer = torch.where(valid[..., None], table[radius + rim][:, :, dist], outside)
+    half_inner = torch.where(valid[..., None], table[radius][:, :, dist], outside)
+    order = 2 * torch.arange(1, b + 1, device=device, dtype=dtype)[:, None, None]
+    code = (dist <= half_outer[..., None]).to(dtype) * order
+    code += dist <= half_inner[..., None]
+    ph, pw = height + 2 * reach, width + 2 * reach
+    index = ((centre_y + reach) * pw + centre_x + reach)[:, :, None, None]
+    index = index + offsets[:, None] * pw + offsets
+    canvas = torch.zeros(n, ph * pw, dtype=dtype, device=device)
+    canvas.scatter_reduce_(1, index.view(n, -1), code.view(n, -1), "amax")
+    canvas = canvas.view(n, ph, pw)[:, reach : reach + height, reach : reach + width]
+    return canvas.reshape(n, height * width)
+
+
+def _composite_bubbles(
+    images: torch.Tensor, centre_y: torch.Tensor, centre_x: torch.Tensor,
+    radius: torch.Tensor, valid: torch.Tensor, rim: int, max_radius: int,
+) -> torch.Tensor:
+    """Paste white bubbles (N, B geometry) like PIL ``paste(overlay, mask=overlay)``, exactly.
+
+    PIL's blend is round((p * (255 - a) + 255 * a) / 255); only covered pixels are touched,
+    through flat indices (much faster than multi-dimensional advanced indexing).
+    """
+    _, c, h, w = images.shape
+    code = _bubble_code_map(h, w, centre_y, centre_x, radius, valid, rim, max_radius).view(-1)
+    covered = code.nonzero().squeeze(1)
+    interior = (code.index_select(0, covered) & 1).bool()
+    alpha = torch.where(interior, float(_BUBBLE_ALPHA_INNER), float(_BUBBLE_ALPHA_RIM))[:, None]
+    index = covered
+    if c > 1:
+        index = index + torch.div(covered, h * w, rounding_mode="floor") * ((c - 1) * h * w)
+        index = (index[:, None] + torch.arange(c, device=images.device) * (h * w)).view(-1)
+    out = images.clone()
+    flat = out.view(-1)
+    pixels = flat.index_select(0, index).view(-1, c).to(torch.float32)
+    blended = torch.addcmul(alpha + 0.5, pixels, (255.0 - alpha) / 255.0).to(torch.uint8)
+    flat.index_copy_(0, index, blended.view(-1))
+    return out
+
+
+def bubble(images: torch.Tensor, param: tuple[int, int], *, rng: ImageRandom) -> torch.Tensor:
+    """Translucent white bubbles (immersion-oil/air bubbles in microscopy).
+
+    ``param = (max_radius, max_bubbles)``: n ~ U{7..max_bubbles} circles, radius ~ U{3..max_radius},
+    centre ~ U{r..W-r} x U{r..H-r}; a 2 px rim (at 224) with alpha 130/255 around an interior
+    with alpha 100/255, later bubbles overwriting earlier ones on the overlay, as PIL draws them.
+    """
+    check_images(images)
+    _check_rng(rng, images)
+    max_radius, max_bubbles = _as_tuple(param, ("max_radius", "max_bubbles"))
+    max_radius = _as_int(max_radius, "max_radius", 1)
+    max_bubbles = _as_int(max_bubbles, "max_bubbles", 1)
+    _, _, h, w = images.shape
+    device = images.device
+    rim = max(1, _round_px(_BUBBLE_RIM * min(h, w) / REFERENCE_SIZE))
+
+    count = rng.integers(min(_BUBBLE_MIN_COUNT, max_bubbles), max_bubbles).to(device)
+    radius = rng.integers(min(_BUBBLE_MIN_RADIUS, max_radius), max_radius, (max_bubbles,))
+    radius = radius.to(device)
+    u = rng.uniform((max_bubbles, 2)).to(device)
+
+    def centre(extent: int, draw: torch.Tensor) -> torch.Tensor:
+        lo = torch.minimum(radius, extent - radius).clamp(0, extent - 1)
+        hi = torch.maximum(radius, extent - radius).clamp(0, extent - 1)
+        return _uniform_int(draw, lo, hi)
+
+    centre_x, centre_y = centre(w, u[..., 0]), centre(h, u[..., 1])
+    valid = torch.arange(max_bubbles, device=device) < count[:, None]
+    return _composite_bubbles(images, centre_y, centre_x, radius, valid, rim, max_radius)
+
+
+# ----------------------------------------------------------------------------- black corner
+
+
+def black_corner(images: torch.Tensor, multiplier: float) -> torch.Tensor:
+    """Dermoscopy vignette: zero everything outside a centred circle.
+
+    Radius ``int(multiplier * min(W // 2, H // 2))`` around (W // 2, H // 2), the pixels with
+    dx^2 + dy^2 <= radius^2 kept: exactly the raster of cv2.circle(..., thickness=-1).
+    """
+    check_images(images)
+    multiplier = _as_positive_float(multiplier, "multiplier")
+    _, _, h, w = images.shape
+    cx, cy = w // 2, h // 2
+    radius = int(min(cx, cy, w - cx, h - cy) * multiplier)
+    dy = (torch.arange(h, device=images.device) - cy) ** 2
+    dx = (torch.arange(w, device=images.device) - cx) ** 2
+    inside = dy[:, None] + dx[None, :] <= radius * radius
+    return images * inside
+
+
+# ----------------------------------------------------------------------------- characters
+
+
+def scale_characters(param: tuple[int, int, float], factor: float) -> tuple[int, int, float]:
+    """(max words, max letters, max font scale) for ``factor`` times 224 px: the font scales."""
+    max_words, max_letters, max_font_scale = _as_tuple(
+        param, ("max_words", "max_letters", "max_font_scale")
+    )
+    factor = _as_positive_float(factor, "factor")
+    return (
+        _as_int(max_words, "max_words", 1),
+        _as_int(max_letters, "max_letters", 1),
+        _as_positive_float(max_font_scale, "max_font_scale") * factor,
+    )
+
+
+Word = tuple[str, int, int, float, tuple[int, int, int]]
+"""(text, x, y, font scale, (r, g, b)): cv2.putText's text, org = (x, y) baseline-left, colour."""
+
+
+def _grey(colour: tuple[int, int, int]) -> int:
+    """PIL's RGB -> L conversion (ITU-R 601-2 luma, fixed point)."""
+    r, g, b = colour
+    return (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16
+
+
+class _WordBox(NamedTuple):
+    """Where a word's ink can fall in the image, and how to draw it into a patch there."""
+
+    supersample: int
+    top: int
+    left: int
+    height: int
+    width: int
+    org: tuple[int, int]  # cv2.putText's org in the (supersampled) patch
+
+
+def _word_box(text: str, x: int, y: int, scale: float) -> _WordBox:
+    """The patch of one word drawn at org (x, y).
+
+    Fonts smaller than the reference's smallest (0.14) are drawn k times larger and area-averaged,
+    so that small images get the faint text a 224 px rendering leaves after downsizing, instead
+    of the nothing cv2 draws at sub-pixel sizes.
+    """
+    k = max(1, math.ceil(_MIN_RENDER_SCALE / scale - 1e-9))
+    (tw, th), baseline = cv2.getTextSize(text, _FONT, scale * k, 1)
+    pad = 2 + math.ceil(2 * scale * k)  # Hershey strokes overshoot getTextSize by <= 2 px
+    top, left = y - math.ceil((th + pad) / k), x - math.ceil(pad / k)
+    bottom, right = y + math.ceil((baseline + pad) / k), x + math.ceil((tw + pad) / k)
+    return _WordBox(k, top, left, bottom - top, right - left, (k * (x - left), k * (y - top)))
+
+
+def _word_coverage(text: str, scale: float, box: _WordBox, out: np.ndarray) -> None:
+    """Draw a word's anti-aliased coverage, white on black, into the top-left of ``out``."""
+    k = box.supersample
+    if k == 1:
+        cv2.putText(out, text, box.org, _FONT, scale, 255, 1, cv2.LINE_AA)
+        return
+    big = np.zeros((box.height * k, box.width * k), dtype=np.uint8)
+    cv2.putText(big, text, box.org, _FONT, scale * k, 255, 1, cv2.LINE_AA)
+    out[: box.height, : box.width] = cv2.resize(
+        big, (box.width, box.height), interpolation=cv2.INTER_AREA
+    )
+
+
+def _draw_words(images: torch.Tensor, words: list[list[Word]]) -> torch.Tensor:
+    """Draw anti-aliased Hershey text like cv2.putText(..., thickness 1, LINE_AA), batched.
+
+    OpenCV rasterises each word as white-on-black coverage in a small patch (CPU, the only
+    per-word work); the patches are blended on the images' device, one word slot at a time so
+    that later words lie on top, as when drawing in sequence.
+    """
+    n, c, h, w = images.shape
+    device = images.device
+    out = images.clone()
+    slots = max((len(ws) for ws in words), default=0)
+    if slots == 0:
+        return out
+    boxes = {
+        (i, j): _word_box(text, x, y, scale)
+        for i, ws in enumerate(words)
+        for j, (text, x, y, scale, _) in enumerate(ws)
+    }
+    ph = max(box.height for box in boxes.values())
+    pw = max(box.width for box in boxes.values())
+    coverage = np.zeros((slots, n, ph, pw), dtype=np.uint8)
+    corner = np.zeros((2, slots, n), dtype=np.int64)
+    colours = np.zeros((slots, n, c), dtype=np.float32)
+    for (i, j), box in boxes.items():
+        text, _, _, scale, colour = words[i][j]
+        _word_coverage(text, scale, box, coverage[j, i])
+        corner[:, j, i] = box.top, box.left
+        colours[j, i] = colour if c == 3 else _grey(colour)
+
+    alpha_all = torch.from_numpy(coverage).to(device)
+    corner_all = torch.from_numpy(corner).to(device)
+    colour_all = torch.from_numpy(colours).to(device)
+    rows, cols = torch.arange(ph, device=device), torch.arange(pw, device=device)
+    for j in range(slots):
+        ys = corner_all[0, j, :, None] + rows
+        xs = corner_all[1, j, :, None] + cols
+        keep = (alpha_all[j] > 0) & ((ys >= 0) & (ys < h))[:, :, None]
+        keep &= ((xs >= 0) & (xs < w))[:, None, :]
+        img, py, px = keep.nonzero(as_tuple=True)
+        y, x = ys[img, py], xs[img, px]
+        alpha = alpha_all[j, img, py, px].to(torch.float32)[:, None] / 255.0
+        pixels = out[img, :, y, x].to(torch.float32)
+        blended = pixels + (colour_all[j, img] - pixels) * alpha + 0.5
+        out[img, :, y, x] = blended.to(torch.uint8)
+    return out
+
+
+def characters(
+    images: torch.Tensor, param: tuple[int, int, float], *, rng: ImageRandom
+) -> torch.Tensor:
+    """Random lowercase words in random colours (burned-in annotations of dermoscopy images).
+
+    ``param = (max_words, max_letters, max_font_scale)``: U{1..max_words} words of U{3..max_letters}
+    letters, font scale U{14..100 fs}/100, at x ~ U{10..W-8*letters}, y ~ U{10..H-10}: numbers at
+    224 px, the margins, letter width and font-scale steps (0.01 from 0.14) scale with the size;
+    words get fewer letters where they would not fit. Grey images get the luma of the colour,
+    as drawing in RGB and converting to L gives.
+    """
+    check_images(images)
+    _check_rng(rng, images)
+    max_words, max_letters, max_font_scale = _as_tuple(
+        param, ("max_words", "max_letters", "max_font_scale")
+    )
+    max_words = _as_int(max_words, "max_words", 1)
+    max_letters = _as_int(max_letters, "max_letters", 1)
+    max_font_scale = _as_positive_float(max_font_scale, "max_font_scale")
+    _, _, h, w = images.shape
+    # the reference draws the scale in steps of 0.01 from 0.14 at 224 px: both scale with the size
+    steps_per_unit = 100 * REFERENCE_SIZE / min(h, w)
+    scale_hi = max(1, math.floor(max_font_scale * steps_per_unit + 1e-6))
+    margin_x = _round_px(_MARGIN * w / REFERENCE_SIZE)
+    margin_y = _round_px(_MARGIN * h / REFERENCE_SIZE)
+    letter_width = max(1, _round_px(_LETTER_WIDTH * w / REFERENCE_SIZE))
+    margin_x = min(margin_x, w - letter_width)
+    letters_hi = max(1, min(max_letters, (w - margin_x) // letter_width))
+
+    count = rng.integers(1, max_words).tolist()
+    n_letters = rng.integers(min(_MIN_LETTERS, letters_hi), letters_hi, (max_words,))
+    scale_steps = rng.integers(min(_MIN_FONT_SCALE_STEPS, scale_hi), scale_hi, (max_words,)).tolist()
+    letters = rng.integers(0, 25, (max_words, letters_hi)).tolist()
+    colour = rng.integers(0, 255, (max_words, 3)).tolist()
+    x = _uniform_int(rng.uniform((max_words,)), margin_x, w - letter_width * n_letters).tolist()
+    y = rng.integers(margin_y, max(h - margin_y, margin_y), (max_words,)).tolist()
+    n_letters = n_letters.tolist()
+
+    words = [
+        [
+            (
+                "".join(string.ascii_lowercase[k] for k in letters[i][j][: n_letters[i][j]]),
+                x[i][j], y[i][j], scale_steps[i][j] / steps_per_unit, tuple(colour[i][j]),
+            )
+            for j in range(count[i])
+        ]
+        for i in range(images.shape[0])
+    ]
+    return _draw_words(images, words)

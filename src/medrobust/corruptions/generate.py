@@ -1,0 +1,231 @@
+"""Write a complete corrupted benchmark (clean + every corruption x severity) to disk.
+
+Memory is bounded by the batch: the prepared clean images are streamed once into a
+temporary memory-mapped cache, every output file is streamed batch by batch into a
+temporary name and renamed when complete. A finished file is never rewritten, so a killed
+run resumes where it stopped; a folder made with other settings is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..data import ImageDataset, NpzWriter
+from ..data.layouts import medimeta_c_path, medmnist_c_path
+from .api import prepare_images
+from .suites import NUM_SEVERITIES, Suite, check_severity
+
+__all__ = ["LAYOUTS", "BenchmarkFile", "generate_benchmark", "plan_benchmark"]
+
+LAYOUTS = ("medimeta-c", "medmnist-c")
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class BenchmarkFile:
+    """One output file: the clean images (corruption None) or a corruption's severities."""
+
+    path: Path
+    corruption: str | None
+    severities: tuple[int, ...]
+
+
+def plan_benchmark(
+    root: Path, dataset: str, split: str, suite: Suite, layout: str, severities: Sequence[int]
+) -> list[BenchmarkFile]:
+    """The files a benchmark consists of, in the order they are written."""
+    if layout == "medimeta-c":
+        files = [BenchmarkFile(medimeta_c_path(root, dataset, split), None, ())]
+        files += [
+            BenchmarkFile(medimeta_c_path(root, dataset, split, name, s), name, (s,))
+            for name in suite.corruptions
+            for s in severities
+        ]
+        return files
+    if layout == "medmnist-c":
+        files = [BenchmarkFile(medmnist_c_path(root, dataset, "clean"), None, ())]
+        files += [
+            BenchmarkFile(medmnist_c_path(root, dataset, name), name, tuple(severities))
+            for name in suite.corruptions
+        ]
+        return files
+    raise ValueError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _dataset_hash(dataset: ImageDataset, batch_size: int) -> str:
+    """SHA-256 of the input images and labels, streamed (the source file may hold other splits)."""
+    digest = hashlib.sha256()
+    for start in range(0, len(dataset), batch_size):
+        digest.update(np.ascontiguousarray(dataset.images[start : start + batch_size]).tobytes())
+    digest.update(np.ascontiguousarray(dataset.labels).tobytes())
+    return digest.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "medrobust": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _keys(layout: str) -> tuple[str, str]:
+    return ("images", "labels") if layout == "medimeta-c" else ("test_images", "test_labels")
+
+
+def generate_benchmark(
+    dataset: ImageDataset,
+    suite: Suite,
+    out_dir: str | Path,
+    *,
+    layout: str = "medimeta-c",
+    severities: Sequence[int] = tuple(range(1, NUM_SEVERITIES + 1)),
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    batch_size: int = 256,
+    resize: bool = True,
+    compress: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Generate ``suite`` on ``dataset`` under ``out_dir``; returns the manifest's path.
+
+    ``clean`` holds the images exactly as they enter the corruptions (after any resize), so
+    clean and corrupted files compare pixel for pixel. Image ``i`` at severity ``s`` is
+    keyed by ``(seed, corruption, s, i)`` and does not depend on ``batch_size`` or device
+    placement of other images.
+    """
+    severities = tuple(check_severity(s) for s in severities)
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if len(dataset) == 0:
+        raise ValueError(f"dataset {dataset.name!r} ({dataset.split}) has no images")
+    root = Path(out_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise PermissionError(f"cannot write to output folder {root}: {exc}") from exc
+    device = torch.device(device)
+    size = suite.reference_size if resize else None
+    config = {
+        "suite": suite.to_dict(),
+        "dataset": dataset.name,
+        "split": dataset.split,
+        "source": str(dataset.source),
+        "input_sha256": _dataset_hash(dataset, batch_size),
+        "layout": layout,
+        "severities": list(severities),
+        "seed": seed,
+        "resize": size,
+        "compress": compress,
+    }
+    manifest_path = root / dataset.name / (f"{dataset.split}-{MANIFEST}" if layout == "medimeta-c" else MANIFEST)
+    manifest_path.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+    if previous is not None and previous.get("config") != config:
+        raise ValueError(
+            f"{root} already holds a benchmark of {dataset.name} made with other settings "
+            f"(see {manifest_path}); choose another --out or delete that folder"
+        )
+    files = plan_benchmark(root, dataset.name, dataset.split, suite, layout, severities)
+    outputs: dict[str, Any] = dict(previous.get("files", {})) if previous else {}
+    pending = [f for f in files if not f.path.is_file()]
+    manifest = {"config": config, "versions": _versions(), "device": str(device), "files": outputs}
+    _write_json_atomic(manifest_path, manifest)
+
+    n = len(dataset)
+    first = prepare_images(next(dataset.iter_batches(1))[1], size)
+    image_shape = tuple(first.shape[-2:]) + ((3,) if first.shape[1] == 3 else ())
+    factor = 1.0 if resize else first.shape[-1] / suite.reference_size
+    # MedMNIST-C stores labels as (N, k) columns, MediMeta-C as the dataset holds them.
+    labels = np.asarray(dataset.labels)
+    if layout == "medmnist-c":
+        labels = labels.reshape(n, -1)
+    image_key, label_key = _keys(layout)
+    cache_path = root / dataset.name / f".{dataset.split}-clean-cache.npy"
+    positions = np.empty(n, dtype=np.int64)  # dataset index of each row: keys the random streams
+    total = sum(max(1, len(f.severities)) for f in pending) * n
+    bar = tqdm(total=total, unit="img", desc=f"{dataset.name} {suite.name}", disable=not progress)
+    try:
+        if pending:
+            clean = np.lib.format.open_memmap(cache_path, mode="w+", dtype=np.uint8, shape=(n, *image_shape))
+            offset = 0
+            for indices, images, _ in dataset.iter_batches(batch_size):
+                clean[offset : offset + len(indices)] = _to_numpy(prepare_images(images, size))
+                positions[offset : offset + len(indices)] = indices
+                offset += len(indices)
+            clean.flush()
+        for file in pending:
+            reps = max(1, len(file.severities))
+            with NpzWriter(file.path, compress=compress) as writer:
+                writer.add(label_key, np.concatenate([labels] * reps))
+                writer.declare(image_key, (reps * n, *image_shape), np.uint8)
+                for s in file.severities or (None,):
+                    for start in range(0, n, batch_size):
+                        stop = min(n, start + batch_size)
+                        batch = torch.from_numpy(np.ascontiguousarray(clean[start:stop])).to(device)
+                        batch = batch[:, None] if batch.ndim == 3 else batch.permute(0, 3, 1, 2)
+                        if s is not None:
+                            batch = suite[file.corruption].apply(
+                                batch, s, seed=seed, indices=positions[start:stop].tolist(),
+                                size_factor=factor,
+                            )
+                        writer.write(image_key, _to_numpy(batch))
+                        bar.update(stop - start)
+            outputs[str(file.path.relative_to(root))] = {
+                "corruption": file.corruption,
+                "severities": list(file.severities),
+                "sha256": _sha256(file.path),
+                "images": reps * n,
+            }
+            _write_json_atomic(manifest_path, manifest)
+    finally:
+        bar.close()
+        cache_path.unlink(missing_ok=True)
+    for file in files:
+        key = str(file.path.relative_to(root))
+        if key not in outputs:
+            outputs[key] = {"corruption": file.corruption, "severities": list(file.severities),
+                            "sha256": _sha256(file.path), "images": max(1, len(file.severities)) * n}
+    manifest["complete"] = True
+    _write_json_atomic(manifest_path, manifest)
+    return manifest_path
+
+
+def _to_numpy(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) tensor -> (N, H, W) or (N, H, W, 3) array on the CPU."""
+    array = images.cpu().numpy()
+    return array[:, 0] if array.shape[1] == 1 else array.transpose(0, 2, 3, 1)

@@ -1,0 +1,46 @@
+"""Model zoo: medical vision-language models behind one adapter interface.
+
+``create_model(name)`` returns a :class:`ModelAdapter` (eval mode) with ``encode_image``,
+``encode_text``, ``tokenize``, ``preprocess`` (batched uint8 -> normalised tensors), logit
+scale/bias, default prompt templates, licence and weights identity. ``list_models()`` gives the
+registry names; ``open_clip:ARCH/TAG``, ``hf-hub:REPO``, ``hf:REPO`` and local folders also work.
+"""
+
+from .base import (
+    ClipBpeTokenizer,
+    HFTextTokenizer,
+    ImagePreprocess,
+    ModelAdapter,
+    ModelInfo,
+    TextTokenizer,
+)
+from .prompts import TEMPLATE_SETS, build_prompts, resolve_templates
+from .registry import create_model, list_models, model_spec, save_model
+from .weights import (
+    MODEL_CACHE_ENV,
+    OFFLINE_ENV,
+    WeightsMismatchError,
+    WeightsUnavailableError,
+    default_cache_dir,
+)
+
+__all__ = [
+    "MODEL_CACHE_ENV",
+    "OFFLINE_ENV",
+    "TEMPLATE_SETS",
+    "ClipBpeTokenizer",
+    "HFTextTokenizer",
+    "ImagePreprocess",
+    "ModelAdapter",
+    "ModelInfo",
+    "TextTokenizer",
+    "WeightsMismatchError",
+    "WeightsUnavailableError",
+    "build_prompts",
+    "create_model",
+    "default_cache_dir",
+    "list_models",
+    "model_spec",
+    "resolve_templates",
+    "save_model",
+]

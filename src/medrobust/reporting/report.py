@@ -1,0 +1,410 @@
+"""The report of an evaluation run: ``report.md`` and a self-contained ``report.html``.
+
+Everything comes from the run's results store (``<run>/results.sqlite``): a run summary with
+the exact configurations, the headline table (Clean Error and mCE with a baseline model = 100),
+per-modality, per-corruption and per-severity tables, two figures, optional sample montages
+and notes (error definition, baseline, coverage, caveats). The HTML embeds its images as
+base64 data URIs and needs no network, script or other file. All files are written through a
+temporary file and a rename, so a crash never leaves half a report.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..evaluation.metrics import CLEAN, ERROR_TYPES, MIN_DENOMINATOR
+from ..evaluation.store import ResultsStore
+from .plots import plot_accuracy_vs_severity, plot_corruption_heatmap, write_bytes_atomic
+from .tables import (
+    ERROR_DEFINITIONS,
+    MEDCLIP_CAVEAT,
+    Analysis,
+    Cell,
+    RunResults,
+    Table,
+    accuracy_curves,
+    analyse,
+    build_tables,
+    collect_results,
+    corruption_matrix,
+    is_medclip,
+)
+
+__all__ = ["write_report"]
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;
+ color:#1f2328;max-width:1180px;margin:2rem auto;padding:0 1.5rem;line-height:1.45}
+h1{font-size:1.7rem;border-bottom:2px solid #d0d7de;padding-bottom:.3rem;margin-bottom:.3rem}
+h2{font-size:1.3rem;margin-top:2.4rem;border-bottom:1px solid #d0d7de;padding-bottom:.2rem}
+h3{font-size:1.05rem;margin:1.6rem 0 .2rem}
+.sub{color:#57606a;margin-top:0}
+table{border-collapse:collapse;font-size:.86rem;font-variant-numeric:tabular-nums}
+th,td{padding:.28rem .6rem;border-bottom:1px solid #e5e7eb;vertical-align:top}
+th{background:#f6f8fa;text-align:left;border-bottom:2px solid #d0d7de}
+th.num{text-align:right}
+td.num{text-align:right;white-space:nowrap}
+td.short{white-space:nowrap}
+table.summary th{white-space:nowrap;width:1%}
+td.na{color:#8c959f}
+td.warn{color:#9a6700;font-weight:600}
+tbody tr:nth-child(even){background:#fafbfc}
+.scroll{overflow-x:auto}
+.desc{color:#57606a;margin:.1rem 0 .6rem;font-size:.9rem}
+.footnotes,.note{font-size:.8rem;color:#57606a;margin:.4rem 0}
+.footnotes li{margin:.1rem 0}
+sup{color:#0969da;margin-left:1px;line-height:0;font-size:.72em}
+.callout{border-left:4px solid #bf8700;background:#fff8c5;padding:.5rem 1rem;margin:1rem 0}
+.callout ul{margin:.2rem 0;padding-left:1.2rem}
+figure{margin:1rem 0 1.6rem}
+figure img{max-width:100%;height:auto;border:1px solid #eaeef2}
+figcaption{color:#57606a;font-size:.88rem;margin-top:.3rem}
+pre{background:#f6f8fa;padding:.7rem;overflow:auto;font-size:.78rem;border-radius:4px}
+details{margin:.4rem 0}
+summary{cursor:pointer;color:#0969da}
+"""
+
+
+def _write_text_atomic(text: str, path: Path) -> Path:
+    return write_bytes_atomic(text.encode("utf-8"), path)
+
+
+def _check_montages(montage_images: Mapping[str, str | Path] | None) -> dict[str, Path]:
+    if montage_images is None:
+        return {}
+    if not isinstance(montage_images, Mapping):
+        raise TypeError("montage_images must map a title to a PNG path, "
+                        f"not {type(montage_images).__name__}")
+    out = {}
+    for title, path in montage_images.items():
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"montage image {title!r} not found: {p}")
+        with p.open("rb") as fh:
+            if fh.read(8) != _PNG_MAGIC:
+                raise ValueError(f"montage image {title!r} is not a PNG file: {p}")
+        out[str(title)] = p
+    return out
+
+
+def _load_rows(run_dir: Path) -> list[dict]:
+    database = run_dir / "results.sqlite"
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder not found: {run_dir}")
+    if not database.is_file():
+        raise FileNotFoundError(
+            f"no results database {database}: {run_dir} is not a medrobust run folder "
+            "(evaluate models into it first)")
+    with ResultsStore(run_dir) as store:
+        rows = store.rows()
+    if not rows:
+        raise ValueError(f"the run database {database} has no finished cells yet; "
+                         "nothing to report (evaluate models into the run first)")
+    return rows
+
+
+def _missing_cells(results: RunResults) -> list[str]:
+    """Every expected cell of the grid that the run lacks, as readable text."""
+    out = []
+    for m in results.models:
+        for b in results.benchmarks:
+            if results.cell(m, b, CLEAN, 0) is None:
+                out.append(f"{m} / {b.label} / clean")
+            for c in b.corruptions + b.held_out:
+                absent = [s for s in b.severities if results.cell(m, b, c, s) is None]
+                if absent:
+                    out.append(f"{m} / {b.label} / {c} severities {absent}")
+    return out
+
+
+def _severity_text(severities: Sequence[int]) -> str:
+    s = list(severities)
+    if not s:
+        return "none"
+    if s == list(range(s[0], s[-1] + 1)) and len(s) > 2:
+        return f"{s[0]}-{s[-1]}"
+    return ", ".join(map(str, s))
+
+
+def _datasets_table(results: RunResults) -> Table:
+    rows = []
+    for b in results.benchmarks:
+        sizes = [c.n for m in results.models if (c := results.cell(m, b, CLEAN, 0))]
+        rows.append((
+            Cell(b.label), Cell(b.modality), Cell(b.suite),
+            Cell(f"{len(b.corruptions)}: {', '.join(b.corruptions)}" if b.corruptions else "0",
+                 f"expected corruptions: {b.source}"),
+            Cell(", ".join(b.held_out) or "-"), Cell(_severity_text(b.severities)),
+            Cell(max(sizes) if sizes else None),
+        ))
+    return Table(
+        "datasets", "Datasets",
+        "Each dataset with its suite, the corruptions an mCE over it covers, the severities "
+        "evaluated and the number of images.",
+        ("Dataset", "Modality", "Suite", "Benchmark corruptions", "Held out", "Severities",
+         "Images"),
+        tuple(rows), ("", "", "", "", "", "", "d"),
+    )
+
+
+def _summary_items(results: RunResults, analysis: Analysis, run_dir: Path) -> list[tuple[str, str]]:
+    missing = _missing_cells(results)
+    expected = results.expected_cells()
+    cells = (f"{results.n_used} finished cells used ({results.n_rows} in the database); a "
+             f"complete grid has {expected}")
+    cells += f" - {len(missing)} missing" if missing else " - complete"
+    models = ", ".join(f"{m} (weights {results.weights[m][:12]})" for m in results.models)
+    suites = sorted({b.suite for b in results.benchmarks})
+    baseline = (analysis.baseline if analysis.baseline else
+                f"{analysis.requested_baseline} - not in this run, absolute errors only")
+    return [
+        ("Run folder", str(run_dir)),
+        ("Split", results.split),
+        ("Models", models),
+        ("Datasets", ", ".join(f"{b.label} ({b.modality})" for b in results.benchmarks)),
+        ("Suites", ", ".join(suites)),
+        ("Cells", cells),
+        ("Error", ERROR_DEFINITIONS[results.error_type]),
+        ("Baseline", baseline),
+        ("Compute time", f"{results.seconds / 60:.1f} min in total over the cells"),
+        ("Generated", f"{time.strftime('%Y-%m-%d %H:%M:%S')} by medrobust {__version__}"),
+    ]
+
+
+def _warnings(results: RunResults, analysis: Analysis) -> list[str]:
+    out = []
+    if analysis.baseline is None and analysis.requested_baseline is not None:
+        out.append(f"The baseline model {analysis.requested_baseline!r} is not in this run "
+                   f"(models: {', '.join(results.models)}): no ratios (Clean Error, mCE) can be "
+                   "computed; the tables show absolute errors.")
+    missing = _missing_cells(results)
+    if missing:
+        out.append(f"The grid is incomplete: {len(missing)} expected cell(s) are missing, so "
+                   "some summaries cover fewer corruptions or datasets (see Coverage).")
+    out += [f"{m}: {MEDCLIP_CAVEAT}." for m in results.models if is_medclip(m)]
+    return out
+
+
+def _notes(results: RunResults, analysis: Analysis) -> list[str]:
+    notes = [
+        f"Error: {ERROR_DEFINITIONS[results.error_type]}; the {results.accuracy_name} columns "
+        "show 1 - error. AUC is the ROC-AUC (one-vs-rest macro for more than two classes); ECE "
+        "the expected calibration error of the top label.",
+    ]
+    if analysis.baseline:
+        notes.append(
+            f"Baseline: {analysis.baseline} = 100. Clean Error = E_clean / E_clean(baseline) x "
+            "100; CE(c) = sum over severities of E(c, s) / the same sum for the baseline; mCE = "
+            "mean over the suite's benchmark corruptions of CE x 100; relative mCE uses E(c, s) - "
+            "E_clean on both sides. Each is computed per dataset and then averaged over datasets "
+            "with equal weight.")
+        notes.append(
+            f"A ratio whose baseline denominator is below {MIN_DENOMINATOR:g} (zero, near zero or "
+            "negative, as relative CE often is) is undefined: shown as n/a with the reason in a "
+            "footnote and left out of the mean, never as a huge or sign-flipped number.")
+    else:
+        notes.append(
+            f"Baseline: {analysis.requested_baseline!r} is not in this run, so only absolute "
+            f"errors are shown; rerun the report with baseline set to one of "
+            f"{', '.join(results.models)} for ratios.")
+    missing = _missing_cells(results)
+    coverage = ("Coverage: the grid is complete." if not missing else
+                f"Coverage: {len(missing)} expected cell(s) missing: " + "; ".join(missing[:25])
+                + (f"; and {len(missing) - 25} more" if len(missing) > 25 else "") + ".")
+    notes.append(coverage + " Every summary states how many (dataset, corruption) pairs it "
+                 "covers; a corruption counts only with all its severities.")
+    notes += [f"{m}: {MEDCLIP_CAVEAT}." for m in results.models if is_medclip(m)]
+    notes += list(results.notes)
+    return notes
+
+
+def _config_groups(configs: Mapping[str, Mapping[str, tuple[str, ...]]]
+                   ) -> list[tuple[list[str], str]]:
+    """Each model's exact configuration as one JSON text, models with equal texts grouped.
+
+    Settings equal on all of a model's datasets are listed once ("all datasets"); the rest
+    per dataset, so nothing is dropped and nothing is repeated.
+    """
+    groups: dict[str, list[str]] = {}
+    for model, variants in configs.items():
+        parsed = [(json.loads(text), datasets) for text, datasets in variants.items()]
+        if len(parsed) == 1 or not all(isinstance(p, dict) for p, _ in parsed):
+            merged: Any = (parsed[0][0] if len(parsed) == 1 else
+                           {", ".join(ds): p for p, ds in parsed})
+        else:
+            first = parsed[0][0]
+            keys = sorted(set().union(*(p for p, _ in parsed)))
+            common = {k: first[k] for k in keys
+                      if all(k in p and p[k] == first[k] for p, _ in parsed)}
+            merged = {"all datasets": common, "per dataset": {
+                ", ".join(ds): {k: p[k] for k in keys if k in p and k not in common}
+                for p, ds in parsed}}
+        groups.setdefault(json.dumps(merged, indent=2, sort_keys=True), []).append(model)
+    return [(models, text) for text, models in groups.items()]
+
+
+def _figures(analysis: Analysis, out: Path) -> list[tuple[str, Path, str]]:
+    """Write the plots; (title, path, caption) of each."""
+    severities, curves = accuracy_curves(analysis)
+    if not curves:
+        return []
+    r = analysis.results
+    label, matrix = corruption_matrix(analysis)
+    accuracy = plot_accuracy_vs_severity(
+        curves, severities, out / "accuracy_vs_severity.png", ylabel=r.accuracy_name)
+    heatmap = plot_corruption_heatmap(
+        matrix, out / "corruption_heatmap.png", label=label,
+        center=100.0 if analysis.baseline else None, percent=analysis.baseline is None)
+    what = (f"CE with {analysis.baseline} = 100 (below 100: more robust than the baseline)"
+            if analysis.baseline else "mean error over severities")
+    return [
+        ("Accuracy versus severity", accuracy,
+         f"{r.accuracy_name.capitalize()} per corruption and severity (clean = severity 0), "
+         "mean over the datasets with that corruption."),
+        ("Corruption x model", heatmap, f"{what}, mean over the datasets with that corruption."),
+    ]
+
+
+@dataclass(frozen=True)
+class _Content:
+    """Everything the report shows, rendered by :func:`_markdown` and :func:`_html`."""
+
+    title: str
+    warnings: list[str]
+    summary: list[tuple[str, str]]
+    datasets: Table
+    configs: list[tuple[list[str], str]]
+    headline: Table
+    results: list[Table]
+    figures: list[tuple[str, Path, str]]
+    montages: dict[str, Path]
+    notes: list[str]
+
+
+def _markdown(c: _Content, out: Path) -> str:
+    lines = [f"# {c.title}", ""]
+    if c.warnings:
+        lines += [f"> **Read first:** {w}  " for w in c.warnings] + [""]
+    lines += ["## Run summary", ""] + [f"- **{k}:** {v}" for k, v in c.summary] + [""]
+    lines.append(c.datasets.to_markdown())
+    lines += ["## Headline", "", c.headline.to_markdown(), "## Results", ""]
+    lines += [t.to_markdown() for t in c.results]
+    if c.figures:
+        lines += ["## Figures", ""]
+        for name, path, caption in c.figures:
+            lines += [f"### {name}", "", f"![{name}]({path.name})", "", f"*{caption}*", ""]
+    if c.montages:
+        lines += ["## Sample montages", ""]
+        for name, path in c.montages.items():
+            rel = Path(os.path.relpath(path.resolve(), out.resolve())).as_posix()
+            lines += [f"### {name}", "", f"![{name}]({rel})", ""]
+    lines += ["## Notes", ""] + [f"- {n}" for n in c.notes] + ["", "## Configuration", ""]
+    for models, text in c.configs:
+        lines += [f"**{', '.join(models)}**:", "", "```json", text, "```", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _figure_html(name: str, path: Path, caption: str) -> str:
+    e = html.escape
+    return (f'<h3>{e(name)}</h3><figure><img src="{_data_uri(path)}" alt="{e(name)}">'
+            f"<figcaption>{e(caption)}</figcaption></figure>")
+
+
+def _html(c: _Content) -> str:
+    e = html.escape
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{e(c.title)}</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
+        f"<h1>{e(c.title)}</h1>",
+    ]
+    if c.warnings:
+        parts.append('<div class="callout"><strong>Read first</strong><ul>'
+                     + "".join(f"<li>{e(w)}</li>" for w in c.warnings) + "</ul></div>")
+    parts.append("<h2>Run summary</h2>")
+    parts.append('<div class="scroll"><table class="summary"><tbody>' + "".join(
+        f'<tr><th scope="row">{e(k)}</th><td>{e(v)}</td></tr>' for k, v in c.summary)
+        + "</tbody></table></div>")
+    parts.append(c.datasets.to_html())
+    parts.append("<details><summary>Exact configuration of each model</summary>")
+    parts += [f"<p><strong>{e(', '.join(models))}</strong></p><pre>{e(text)}</pre>"
+              for models, text in c.configs]
+    parts += ["</details>", "<h2>Headline</h2>", c.headline.to_html(), "<h2>Results</h2>"]
+    parts += [t.to_html() for t in c.results]
+    if c.figures:
+        parts.append("<h2>Figures</h2>")
+        parts += [_figure_html(*f) for f in c.figures]
+    if c.montages:
+        parts.append("<h2>Sample montages</h2>")
+        parts += [_figure_html(name, path, name) for name, path in c.montages.items()]
+    parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{e(n)}</li>" for n in c.notes) + "</ul>")
+    parts += ["</body>", "</html>"]
+    return "\n".join(parts) + "\n"
+
+
+def write_report(
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    baseline: str | None = "clip-vit-b16",
+    error_type: str = "error",
+    montage_images: Mapping[str, str | Path] | None = None,
+    *,
+    split: str | None = None,
+    modalities: Mapping[str, str] | None = None,
+    expected_corruptions: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, Path]:
+    """Write ``report.md``, ``report.html`` and the figures of a run; return their paths.
+
+    ``out_dir`` defaults to ``<run_dir>/report``. ``baseline`` is the model whose errors are
+    100 (absent from the run or None: absolute errors only). ``error_type`` is 'error'
+    (1 - accuracy) or 'balanced_error'. ``montage_images`` maps titles to PNG files (e.g. from
+    :func:`~medrobust.reporting.montage.corruption_montage`). ``split`` picks one split (default:
+    the only one, else 'test'); ``modalities`` names datasets' modalities the package does not
+    know; ``expected_corruptions`` overrides a dataset's expected corruption list.
+
+    Raises FileNotFoundError if the run folder or its database is missing, ValueError if the
+    database holds no finished cells or an argument is invalid.
+    """
+    if error_type not in ERROR_TYPES:
+        raise ValueError(f"error_type must be one of {ERROR_TYPES}; got {error_type!r}")
+    run_dir = Path(run_dir)
+    montages = _check_montages(montage_images)
+    rows = _load_rows(run_dir)
+    results = collect_results(rows, error_type=error_type, split=split, modalities=modalities,
+                              expected_corruptions=expected_corruptions)
+    analysis = analyse(results, baseline)
+    out = Path(out_dir) if out_dir is not None else run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+
+    tables = build_tables(analysis)
+    headline = tables.pop("headline")
+    content = _Content(
+        title=f"medrobust robustness report: {run_dir.resolve().name}",
+        warnings=_warnings(results, analysis),
+        summary=_summary_items(results, analysis, run_dir.resolve()),
+        datasets=_datasets_table(results),
+        configs=_config_groups(results.configs),
+        headline=headline,
+        results=list(tables.values()),
+        figures=_figures(analysis, out),
+        montages=montages,
+        notes=_notes(results, analysis),
+    )
+    paths = {"markdown": _write_text_atomic(_markdown(content, out), out / "report.md"),
+             "html": _write_text_atomic(_html(content), out / "report.html")}
+    paths.update({path.stem: path for _, path, _ in content.figures})
+    return paths

@@ -1,0 +1,44 @@
+"""Shared fixtures: the real medical images in ../shared/data and small synthetic images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MEDROBUST_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder of real medical images (../shared/data); tests using it skip where it is absent."""
+    if not (SHARED_DATA / "medmnist").is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def breast_images(shared_data: Path) -> np.ndarray:
+    """Eight real grey breast-ultrasound test images, (8, 28, 28) uint8."""
+    with np.load(shared_data / "medmnist" / "breastmnist.npz") as f:
+        return f["test_images"][:8].copy()
+
+
+@pytest.fixture(scope="session")
+def retina_images(shared_data: Path) -> np.ndarray:
+    """Eight real RGB fundus test images, (8, 28, 28, 3) uint8."""
+    with np.load(shared_data / "medmnist" / "retinamnist.npz") as f:
+        return f["test_images"][:8].copy()
+
+
+def synthetic_images(n: int = 4, channels: int = 3, size: int = 32, seed: int = 0) -> torch.Tensor:
+    """Smooth gradients plus texture, uint8 (N, C, H, W): exercises every grey level range."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    base = 0.5 * (xx + yy)[None, None].expand(n, channels, size, size)
+    noise = torch.rand(n, channels, size, size, generator=g) * 0.3
+    return ((base * 0.7 + noise) * 255).clamp(0, 255).to(torch.uint8)

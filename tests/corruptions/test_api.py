@@ -1,0 +1,62 @@
+"""In-process API: corrupt(), determinism, batch invariance, the dataset view and the transform."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medrobust.corruptions import RandomCorruption, corrupt, get_suite
+
+
+def test_corrupt_numpy_in_numpy_out_resized_to_reference(breast_images, retina_images):
+    out = corrupt(breast_images[:2], "gaussian_noise", 3, seed=0, dataset="pneumoniamnist")
+    assert isinstance(out, np.ndarray) and out.shape == (2, 224, 224) and out.dtype == np.uint8
+    out = corrupt(retina_images[:2], "pixelate", 5, dataset="retinamnist", resize=False)
+    assert out.shape == (2, 28, 28, 3)
+
+
+def test_same_seed_same_bytes_other_seed_other_noise(breast_images):
+    a = corrupt(breast_images, "gaussian_noise", 2, seed=7, dataset="pneumoniamnist")
+    b = corrupt(breast_images, "gaussian_noise", 2, seed=7, dataset="pneumoniamnist")
+    c = corrupt(breast_images, "gaussian_noise", 2, seed=8, dataset="pneumoniamnist")
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("name", ["gaussian_noise", "motion_blur", "snow", "impulse_noise"])
+def test_output_depends_only_on_index_not_batching(name, retina_images):
+    suite = get_suite("imagenet-c")
+    images = torch.from_numpy(retina_images).permute(0, 3, 1, 2).contiguous()
+    whole = suite[name].apply(images, 3, seed=3, indices=range(8), size_factor=0.125)
+    # reversed order, odd batch sizes
+    order = [7, 6, 5, 4, 3, 2, 1, 0]
+    parts = [order[:3], order[3:4], order[4:]]
+    for part in parts:
+        out = suite[name].apply(images[part], 3, seed=3, indices=part, size_factor=0.125)
+        assert torch.equal(out, whole[part])
+
+
+def test_bad_images_are_rejected():
+    with pytest.raises(TypeError, match="uint8"):
+        corrupt(np.zeros((2, 8, 8), np.float32), "contrast", 1)
+    with pytest.raises(ValueError, match="NaN"):
+        corrupt(np.full((2, 8, 8), np.nan, np.float32), "contrast", 1)
+    with pytest.raises(ValueError, match="shape"):
+        corrupt(np.zeros((8, 8), np.uint8), "contrast", 1)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        corrupt(torch.zeros(2, 4, 8, 8, dtype=torch.uint8), "contrast", 1)
+
+
+def test_random_corruption_transform_is_seeded_and_respects_exclude(retina_images):
+    suite = get_suite("medmnist-c/retinamnist")
+    images = torch.from_numpy(retina_images).permute(0, 3, 1, 2).contiguous()
+    t1 = RandomCorruption(suite, exclude=["pixelate"], p=1.0, seed=5)
+    t2 = RandomCorruption(suite, exclude=["pixelate"], p=1.0, seed=5)
+    a, b = t1(images), t2(images)
+    assert torch.equal(a, b) and a.shape == images.shape
+    assert not torch.equal(a, images)
+    assert "pixelate" not in t1.names
+    assert torch.equal(RandomCorruption(suite, p=0.0)(images), images)
+    with pytest.raises(KeyError, match="not in suite"):
+        RandomCorruption(suite, exclude=["snow"])
