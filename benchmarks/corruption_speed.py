@@ -53,7 +53,7 @@ DEFAULT_SUITES = (
     "imagenet-c@pathmnist",
 )
 WHOLE_DATASET = "pneumoniamnist"
-MEMORY_CORRUPTIONS = ("gaussian_noise", "pixelate", "zoom_blur")
+MEMORY_CORRUPTIONS = ("gaussian_noise", "pixelate", "gaussian_blur")
 SPEED_HEADERS = ("corruption", "function", "ref 1t", "ref 2t", "ours 1t", "ours 2t",
                  "speedup 1t", "speedup 2t")
 

@@ -119,6 +119,63 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation.runner import GridSpec, run_grid
+
+    spec = GridSpec(
+        models=args.model,
+        datasets=args.dataset,
+        suite=args.suite,
+        corruptions=args.corruptions,
+        severities=args.severities,
+        split=args.split,
+        seed=args.seed,
+        templates=args.templates,
+        benchmark_dir=Path(args.benchmark_dir) if args.benchmark_dir else None,
+        layout=args.layout,
+        batch_size=args.batch_size,
+        device=args.device,
+        precision=args.precision,
+        data_root=Path(args.data_root) if args.data_root else None,
+        size=args.size,
+        resize=not args.native_size,
+        pretrained=not args.random_weights,
+        limit=args.limit,
+    )
+    summary = run_grid(spec, args.run_dir, progress=not args.quiet)
+    print(f"{summary.computed} cells computed, {summary.skipped} already done, "
+          f"{summary.busy} taken by another process; {summary.images_per_second:.1f} images/s; "
+          f"results in {Path(args.run_dir) / 'results.sqlite'}")
+    if args.export:
+        from .evaluation.store import ResultsStore
+
+        with ResultsStore(args.run_dir) as store:
+            print(f"exported {store.export(args.export)}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import list_models, model_spec
+
+    for name in list_models():
+        spec = model_spec(name)
+        weights = spec.get("weights", {})
+        source = weights.get("repo") or weights.get("url") or weights.get("tag", "")
+        print(f"{name:<22} {spec.get('display_name', ''):<44} {source}")
+    print("also: open_clip:ARCH/TAG, hf-hub:REPO (open_clip format), hf:REPO (transformers), a folder")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .reporting import write_report
+
+    paths = write_report(args.run_dir, out_dir=args.out, baseline=args.baseline,
+                         error_type=args.error_type)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -151,6 +208,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=1, help="images per corruption (default 1)")
     p.add_argument("--start", type=int, default=0, help="index of the first sample")
     p.set_defaults(func=cmd_preview)
+
+    p = sub.add_parser("eval", help="zero-shot evaluation grid: models x datasets x corruptions")
+    p.add_argument("--model", action="append", required=True,
+                   help="model name (repeatable); see `medrobust models`")
+    p.add_argument("--dataset", action="append", required=True, help="dataset (repeatable)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--size", type=int, default=28, help="MedMNIST file size to read")
+    p.add_argument("--data-root")
+    p.add_argument("--suite", default="medmnist-c")
+    p.add_argument("--corruptions", type=_names)
+    p.add_argument("--severities", type=parse_severities, default=(1, 2, 3, 4, 5))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--templates", type=_names, help="template sets or literal templates")
+    p.add_argument("--benchmark-dir", help="read a generated benchmark instead of corrupting on the fly")
+    p.add_argument("--layout", choices=("medimeta-c", "medmnist-c"), default="medimeta-c")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    p.add_argument("--native-size", action="store_true")
+    p.add_argument("--random-weights", action="store_true",
+                   help="build the architecture with random weights (offline smoke tests)")
+    p.add_argument("--limit", type=int, help="only the first N images of each dataset")
+    p.add_argument("--run-dir", required=True, help="run folder (results.sqlite + predictions)")
+    p.add_argument("--export", help="also export all rows to this .csv or .parquet file")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("report", help="Markdown + HTML report of an evaluation run")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="output folder (default RUN/report)")
+    p.add_argument("--baseline", default="clip-vit-b16", help="model whose errors are 100")
+    p.add_argument("--error-type", choices=("error", "balanced_error"), default="error")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("models", help="list the model registry")
+    p.set_defaults(func=cmd_models)
     return parser
 
 

@@ -45,7 +45,8 @@ def nhwc(images: torch.Tensor) -> np.ndarray:
 
 def upsample(images: np.ndarray, size: int = 224) -> np.ndarray:
     """PIL bicubic resize, as MedMNIST+ 224 px images are made."""
-    return np.stack([np.asarray(Image.fromarray(i).resize((size, size), Image.BICUBIC)) for i in images])
+    resized = [Image.fromarray(i).resize((size, size), Image.BICUBIC) for i in images]
+    return np.stack([np.asarray(i) for i in resized])
 
 
 def streams(n: int, seed: int = 0, name: str = "medical", severity: int = 3) -> ImageRandom:
@@ -57,7 +58,8 @@ def psnr(clean: np.ndarray, corrupted: np.ndarray) -> float:
     a, b = clean.reshape(len(clean), -1), corrupted.reshape(len(clean), -1)
     diff = (np.maximum(a, b) - np.minimum(a, b)).astype(np.uint16)
     mse = (diff * diff).sum(axis=1, dtype=np.int64) / diff.shape[1]
-    return float(np.mean(np.where(mse > 0, 10 * np.log10(255.0**2 / np.maximum(mse, 1e-12)), 100.0)))
+    db = 10 * np.log10(255.0**2 / np.maximum(mse, 1e-12))
+    return float(np.mean(np.where(mse > 0, db, 100.0)))
 
 
 def apply_all(images: torch.Tensor, severity: int, rng: ImageRandom, factor: float = 1.0) -> dict:
@@ -116,6 +118,7 @@ def test_shape_dtype_kept_and_input_untouched(channels, size, grey, rgb):
     for severity in (1, 5):
         for name, out in apply_all(images, severity, streams(2), size / 224).items():
             assert out.shape == images.shape and out.dtype == torch.uint8, name
+            # black_corner may find the corners of a fundus photograph already black
             assert not torch.equal(out, images) or name == "black_corner", name
     assert torch.equal(images, before)
 
@@ -149,9 +152,33 @@ def test_batch_invariance_and_determinism(name, call, rgb, grey):
         for part in ([5, 2, 7], [0], [1, 3, 4, 6]):
             out = call(images[part], ImageRandom.for_images(11, name, 4, part))
             assert torch.equal(out, whole[part])
+        medical._ink_masks.cache_clear()  # a new run computes the masks and tables afresh
+        medical._disk_half_widths.cache_clear()
         assert torch.equal(call(images, ImageRandom.for_images(11, name, 4, range(8))), whole)
         other = call(images, ImageRandom.for_images(12, name, 4, range(8)))
         assert not torch.equal(other, whole)
+
+
+def test_channels_last_views_and_empty_batches(retina_images):
+    """A permuted (channels-last) view gives the same bytes as contiguous input; N = 0 works."""
+    view = torch.from_numpy(retina_images).permute(0, 3, 1, 2)
+    for severity in (1, 5):
+        got = apply_all(view, severity, streams(8))
+        want = apply_all(view.contiguous(), severity, streams(8))
+        for name in got:
+            assert torch.equal(got[name], want[name]), name
+    empty = torch.zeros(0, 3, 28, 28, dtype=torch.uint8)
+    for name, out in apply_all(empty, 3, streams(0)).items():
+        assert out.shape == empty.shape, name
+
+
+def test_chunked_drawing_is_identical(rgb, monkeypatch):
+    """Big images draw stains and bubbles in chunks to bound memory; the result is the same."""
+    stain = stain_deposit(rgb, 5, rng=streams(8), ink_size=9)
+    bubbles = bubble(rgb, (9, 20), rng=streams(8))
+    monkeypatch.setattr(medical, "_CHUNK_ELEMENTS", 1)
+    assert torch.equal(stain_deposit(rgb, 5, rng=streams(8), ink_size=9), stain)
+    assert torch.equal(bubble(rgb, (9, 20), rng=streams(8)), bubbles)
 
 
 def test_bad_parameters_are_rejected(rgb):
@@ -160,6 +187,8 @@ def test_bad_parameters_are_rejected(rgb):
         stain_deposit(rgb, 0, rng=rng)
     with pytest.raises(TypeError, match="ink_size"):
         stain_deposit(rgb, 3, rng=rng, ink_size=2.5)
+    with pytest.raises(ValueError, match="not both"):
+        stain_deposit(rgb, (3, 24), rng=rng, ink_size=24)
     with pytest.raises(ValueError, match="streams"):
         stain_deposit(rgb, 3, rng=streams(3))
     with pytest.raises(TypeError, match="max_radius, max_bubbles"):
@@ -178,6 +207,7 @@ def test_scaling_of_pixel_parameters():
     assert [scale_ink_size(s, 0.125) for s in STAIN_INK_SIZES] == [2, 2, 3, 4, 5]
     assert scale_ink_size(24, 1.0) == 24 and scale_ink_size(12, 0.01) == 1
     assert scale_stain_deposit(3, 0.125) == 3
+    assert scale_stain_deposit((3, 24), 0.125) == (3, 3)  # the suites' (marks, ink size) form
     assert scale_bubble((12, 15), 0.125) == (2, 15)
     assert scale_bubble((7, 15), 0.05) == (1, 15)
     assert scale_characters((3, 8, 0.16), 0.125) == (3, 8, pytest.approx(0.02))
@@ -197,6 +227,13 @@ def test_ink_masks_are_fixed_irregular_blobs_of_moderate_coverage():
     medical._ink_masks.cache_clear()
     assert torch.equal(medical._ink_masks(24, torch.device("cpu")), first)  # recomputed, same
     assert medical._ink_masks(1, torch.device("cpu")).all()
+
+
+def test_stain_takes_the_suites_tuple_form(rgb):
+    tuple_form = stain_deposit(rgb, (4, 6), rng=streams(8))
+    assert torch.equal(tuple_form, stain_deposit(rgb, 4, rng=streams(8), ink_size=6))
+    default = stain_deposit(rgb, 2, rng=streams(8))
+    assert torch.equal(default, stain_deposit(rgb, (2, 24), rng=streams(8)))
 
 
 def test_stain_only_blackens_inside_the_margin(rgb224):
@@ -231,7 +268,8 @@ def pil_bubbles(image: np.ndarray, circles: list[tuple[int, int, int]], rim: int
     overlay = Image.new("RGBA", base.size, (255, 255, 255, 0))
     draw = ImageDraw.Draw(overlay)
     for x, y, r in circles:
-        draw.ellipse((x - r - rim, y - r - rim, x + r + rim, y + r + rim), fill=(255, 255, 255, 130))
+        outer = x - r - rim, y - r - rim, x + r + rim, y + r + rim
+        draw.ellipse(outer, fill=(255, 255, 255, 130))
         draw.ellipse((x - r, y - r, x + r, y + r), fill=(255, 255, 255, 100))
     base.paste(overlay, (0, 0), overlay)
     return np.asarray(base.convert("L") if grey else base)
@@ -404,22 +442,27 @@ def test_small_fonts_look_like_downsized_224_px_text():
     assert np.abs(out.astype(int) - expected).max() <= 2
 
 
-def test_characters_grey_uses_the_luma_of_the_colour(grey224):
+def test_characters_grey_uses_the_luma_of_the_colour():
     """A word in pure green on a black image shows PIL's L of (0, 255, 0) = 150 at full cover."""
     black = np.zeros((1, 224, 224), np.uint8)
     out = medical._draw_words(nchw(black), [[("mmm", 20, 100, 2.0, (0, 255, 0))]])
     assert out.max().item() == 150
-    assert medical._grey((0, 255, 0)) == np.asarray(Image.new("RGB", (1, 1), (0, 255, 0)).convert("L"))[0, 0]
+    for colour in ((0, 255, 0), (255, 0, 0), (0, 0, 255), (17, 200, 99)):
+        pil = np.asarray(Image.new("RGB", (1, 1), colour).convert("L"))[0, 0]
+        assert medical._grey(colour) == pil
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu_given_the_same_draws(rgb224):
+def test_cuda_gives_the_cpu_bytes_for_the_same_draws(rgb224):
+    """Images on the GPU, random streams on the CPU: every function returns the CPU's bytes."""
     images = nchw(rgb224)
     assert torch.equal(black_corner(images.cuda(), 0.9).cpu(), black_corner(images, 0.9))
-    words = random_words(random.Random(1), len(images), 224)
-    assert torch.equal(
-        medical._draw_words(images.cuda(), words).cpu(), medical._draw_words(images, words)
+    calls = (
+        lambda x: stain_deposit(x, 5, rng=streams(4), ink_size=24),
+        lambda x: bubble(x, (17, 25), rng=streams(4)),
+        lambda x: characters(x, (6, 10, 0.18), rng=streams(4)),
     )
-    for fn, param in ((stain_deposit, 3), (bubble, (12, 15)), (characters, (3, 8, 0.16))):
-        out = fn(images.cuda(), param, rng=ImageRandom.for_images(0, "x", 3, range(4), "cuda"))
-        assert out.device.type == "cuda" and out.shape == images.shape
+    for call in calls:
+        out = call(images.cuda())
+        assert out.device.type == "cuda"
+        assert torch.equal(out.cpu(), call(images))

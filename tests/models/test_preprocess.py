@@ -33,7 +33,9 @@ def _clip_pil_reference(size: int) -> T.Compose:
 
 def _tensor_reference(x: torch.Tensor, size: int) -> torch.Tensor:
     """torchvision's tensor Resize(bicubic, antialias) + CenterCrop + Normalize, clamped as PIL."""
-    resized = T.Resize(size, interpolation=InterpolationMode.BICUBIC, antialias=True)(x.float() / 255)
+    resized = T.Resize(size, interpolation=InterpolationMode.BICUBIC, antialias=True)(
+        x.float() / 255
+    )
     cropped = T.CenterCrop(size)(resized.clamp(0, 1))
     return T.Normalize(OPENAI_MEAN, OPENAI_STD)(cropped)
 
@@ -80,8 +82,12 @@ def test_grey_input_equals_rgb_input_with_equal_channels(breast_images: np.ndarr
 
 
 def test_squash_resizes_without_crop() -> None:
-    x = torch.randint(0, 256, (2, 3, 40, 50), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    pre = ImagePreprocess(32, (0.5,) * 3, (0.5,) * 3, resize_mode="squash", interpolation="bilinear")
+    x = torch.randint(
+        0, 256, (2, 3, 40, 50), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
+    )
+    pre = ImagePreprocess(
+        32, (0.5,) * 3, (0.5,) * 3, resize_mode="squash", interpolation="bilinear"
+    )
     expected = F.interpolate(x.float() / 255, size=(32, 32), mode="bilinear", antialias=True)
     torch.testing.assert_close(pre(x), (expected.clamp(0, 1) - 0.5) / 0.5, atol=1e-5, rtol=0)
 
@@ -101,9 +107,7 @@ def _medclip_pil_reference(image: Image.Image, size: int) -> torch.Tensor:
 def test_medclip_pads_grey_to_square(breast_images: np.ndarray) -> None:
     wide = np.concatenate([breast_images[0], breast_images[1]], axis=1)  # 28 x 56
     x = torch.from_numpy(wide)[None, None]
-    pre = ImagePreprocess(
-        112, (MEDCLIP_MEAN,), (MEDCLIP_STD,), resize_mode="pad_square", grey=True
-    )
+    pre = ImagePreprocess(112, (MEDCLIP_MEAN,), (MEDCLIP_STD,), resize_mode="pad_square", grey=True)
     out = pre(x)
     assert out.shape == (1, 3, 112, 112)
     assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 0], out[:, 2])
@@ -126,7 +130,9 @@ def test_medclip_converts_rgb_to_luma_like_pil(retina_images: np.ndarray) -> Non
 
 
 def test_no_resize_when_size_already_matches() -> None:
-    x = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    x = torch.randint(
+        0, 256, (1, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2)
+    )
     out = ImagePreprocess(32, OPENAI_MEAN, OPENAI_STD)(x)
     expected = (x.float() / 255 - torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)) / torch.tensor(
         OPENAI_STD

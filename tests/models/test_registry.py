@@ -76,9 +76,12 @@ def test_tiny_build_encodes_with_consistent_shapes(
 
 
 @pytest.mark.parametrize("name", REGISTRY)
-def test_builds_are_deterministic_and_seeded(name: str) -> None:
+def test_builds_are_deterministic_and_seeded(
+    name: str, tiny_model: Callable[[str], ModelAdapter]
+) -> None:
+    a = tiny_model(name)
     state = torch.random.get_rng_state()
-    a, b = create_model(name, pretrained=False, tiny=True), create_model(name, pretrained=False, tiny=True)
+    b = create_model(name, pretrained=False, tiny=True)
     assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is left alone
     for x, y in zip(_encode(a), _encode(b), strict=True):
         assert torch.equal(x, y)
@@ -88,7 +91,9 @@ def test_builds_are_deterministic_and_seeded(name: str) -> None:
     assert not torch.equal(image_a, _encode(other)[0])
 
 
-def test_families_use_the_published_architectures(tiny_model: Callable[[str], ModelAdapter]) -> None:
+def test_families_use_the_published_architectures(
+    tiny_model: Callable[[str], ModelAdapter],
+) -> None:
     from open_clip.model import CLIP, CustomTextCLIP
     from transformers import CLIPModel, SiglipModel
 
@@ -180,8 +185,15 @@ def test_config_override_is_merged() -> None:
     assert model.default_templates == ("a medical image of a {} belonging to {}",)
 
 
-SAVE_ROUND_TRIP = ["clip-vit-b16", "clip-rn50", "biomedclip", "medclip-swin", "medclip-resnet50",
-                   "medsiglip-448", "pubmedclip-vit-b32"]
+SAVE_ROUND_TRIP = [
+    "clip-vit-b16",
+    "clip-rn50",
+    "biomedclip",
+    "medclip-swin",
+    "medclip-resnet50",
+    "medsiglip-448",
+    "pubmedclip-vit-b32",
+]
 
 
 @pytest.mark.parametrize("name", SAVE_ROUND_TRIP)
@@ -197,7 +209,9 @@ def test_save_and_reload_from_a_folder_gives_identical_outputs(name: str, tmp_pa
     expected_hash = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
     assert reloaded.weights_hash == expected_hash
     assert not reloaded.training
-    assert torch.equal(model.tokenize(PROMPTS)["input_ids"], reloaded.tokenize(PROMPTS)["input_ids"])
+    assert torch.equal(
+        model.tokenize(PROMPTS)["input_ids"], reloaded.tokenize(PROMPTS)["input_ids"]
+    )
 
 
 def _tiny_state_file(tmp_path: Path) -> tuple[ModelAdapter, Path, dict[str, torch.Tensor]]:
@@ -230,7 +244,9 @@ def test_wrong_shapes_and_unexpected_keys_raise(tmp_path: Path) -> None:
     save_file(state, str(bad))
     with pytest.raises(WeightsMismatchError) as err:
         create_model("clip-vit-b16", tiny=True, weights=bad)
-    assert "wrong shape: visual.proj" in str(err.value) and "unexpected: extra.weight" in str(err.value)
+    assert "wrong shape: visual.proj" in str(err.value) and "unexpected: extra.weight" in str(
+        err.value
+    )
 
 
 def test_pickled_objects_are_refused(tmp_path: Path) -> None:
@@ -288,8 +304,11 @@ def test_transformers_folder_loads(tmp_path: Path) -> None:
 
 
 def test_licence_is_shown_once_when_weights_load(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from medrobust.models import registry
+
+    monkeypatch.setattr(registry, "_announced", set())
     model = create_model("medclip-swin", pretrained=False, tiny=True)
     folder = save_model(model, tmp_path / "m")
     with caplog.at_level("WARNING", logger="medrobust.models.registry"):

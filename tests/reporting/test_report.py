@@ -3,6 +3,7 @@ store rows, incomplete grids, a missing baseline, undefined ratios and bad input
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -205,7 +206,7 @@ def test_incomplete_grid_is_flagged(tmp_path: Path):
     paths = write_report(run, out_dir=tmp_path / "out")
     page = paths["html"].read_text()
     assert "3/4, incomplete" in page and "The grid is incomplete: 1 expected cell" in page
-    assert "medclip-resnet50 / breastmnist / blur_a severities [3]" in page
+    assert "blur_a on breastmnist, severities [3] (medclip-resnet50)" in page
 
 
 def test_expected_corruptions_beyond_the_run_count_as_missing(run: Path):
@@ -267,7 +268,7 @@ def test_undefined_ratios_are_na_with_the_reason():
     coverage = row[headline.columns.index("Coverage")]
     assert coverage.value == "1/2, incomplete" and "c2 on d (CE undefined)" in coverage.note
     markdown = headline.to_markdown()
-    assert "n/a [1]" in markdown and "[1] Clean Error undefined - d: the baseline's clean error" in markdown
+    assert "n/a [1]" in markdown and "[1] Clean Error n/a - d: the baseline's clean error" in markdown
 
 
 def test_split_choice_and_repeats():
@@ -355,3 +356,58 @@ def test_builtin_suite_sets_the_expected_corruptions():
     headline = build_tables(analyse(results, "base"))["headline"]
     assert headline.value("m", "Coverage") == f"1/{len(expected)}, incomplete"
     assert math.isclose(headline.value("m", "mCE"), 125.0)
+
+
+def test_clean_only_run_has_tables_but_no_figures(tmp_path: Path):
+    rng = np.random.default_rng(3)
+    with ResultsStore(tmp_path) as store:
+        for model in MODELS:
+            labels = rng.integers(0, 2, N)
+            probs = rng.dirichlet((1.0, 1.0), N)
+            key = CellKey(model, "w", "breastmnist", "test", "clean", 0, 0, SUITE, {})
+            store.add(key, cell_metrics(probs, labels, "binary"), probs, labels)
+    paths = write_report(tmp_path)
+    assert set(paths) == {"markdown", "html"}
+    page = paths["html"].read_text()
+    assert "data:image/png" not in page and "0/0" in page
+
+
+def test_baseline_gap_makes_the_other_model_incomplete(tmp_path: Path):
+    run = _build_store(tmp_path, drop={("clip-vit-b16", "pneumoniamnist", "noise_b", 5)})
+    headline = _table(run)["headline"]
+    assert headline.value("medclip-resnet50", "Coverage") == "3/4, incomplete"
+    (row,) = [r for r in headline.rows if r[0].value == "medclip-resnet50"]
+    assert "noise_b on pneumoniamnist (baseline: severities [5] missing)" in row[-1].note
+
+
+def test_configuration_is_listed_exactly(report):
+    markdown = report["markdown"].read_text()
+    section = markdown[markdown.index("## Configuration"):]
+    summary = json.loads(section[section.index("```json") + 7:section.rindex("```")])
+    assert summary == {
+        "run": {"prompt": "a photo of {}"},
+        "per model": {"clip-vit-b16": {"weights_hash": "w0"},
+                      "medclip-resnet50": {"weights_hash": "w1"}},
+        "per dataset": {d: {"dataset": d} for d, _ in DATASETS},
+    }
+    assert "&quot;prompt&quot;: &quot;a photo of {}&quot;" in report["html"].read_text()
+
+
+def test_configuration_summary_levels():
+    from medrobust.reporting.report import _config_summary
+
+    rows = []
+    for r in _grid_rows({"base": 0.2, "m": 0.3}, {"base": 0.4, "m": 0.5}):
+        config = {"prompt": f"p-{r['model']}", "param": r["severity"] * 0.5, "fixed": 1}
+        if r["model"] == "m" and r["severity"] == 2:
+            config["odd"] = True
+        rows.append({**r, "config": json.dumps(config)})
+    summary = json.loads(_config_summary(collect_results(rows)))
+    assert summary["run"] == {"fixed": 1, "weights_hash": "h"}
+    assert summary["per model"] == {"base": {"prompt": "p-base"}, "m": {"prompt": "p-m"}}
+    assert summary["per corruption"] == {
+        "d / synthetic-suite / clean": {"param": 0.0},
+        "d / synthetic-suite / c": {"param": {f"severity {s}": s * 0.5 for s in SEVERITIES}},
+    }
+    odd = summary["per model and corruption"]["m / d / synthetic-suite / c"]["odd"]
+    assert odd == {f"severity {s}": s == 2 or "(not set)" for s in SEVERITIES}

@@ -97,7 +97,7 @@ FUNCTIONS: dict[str, CorruptionFunction] = {
         _entry(weather.frost, "weather", True, f"{_IMAGENETC} (procedural frost texture)"),
         _entry(weather.fog, "weather", True, _IMAGENETC),
         _entry(weather.spatter, "weather", True, _IMAGENETC, getattr(weather, "scale_spatter", None)),
-        _entry(medical.stain_deposit, "medical", True, _MEDMNISTC),
+        _entry(medical.stain_deposit, "medical", True, _MEDMNISTC, medical.scale_stain_deposit),
         _entry(medical.bubble, "medical", True, _MEDMNISTC, medical.scale_bubble),
         _entry(medical.black_corner, "medical", False, _MEDMNISTC),
         _entry(medical.characters, "medical", True, _MEDMNISTC, medical.scale_characters),

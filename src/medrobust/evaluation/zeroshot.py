@@ -181,7 +181,8 @@ class ZeroShotClassifier:
 
     def logits(self, pixels: Tensor) -> Tensor:
         """Preprocessed pixels -> ``logit_scale * cosine (+ logit_bias)``, (N, K) float32."""
-        logits = self.logit_scale * self.image_features(pixels) @ self.text_features.T
+        features = self.image_features(pixels)
+        logits = self.logit_scale * features @ self.text_features.to(features.device).T
         bias = self.logit_bias
         return logits if bias is None else logits + bias
 

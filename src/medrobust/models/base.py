@@ -68,7 +68,7 @@ class ImagePreprocess:
     ``grey`` converts RGB input to one luma channel first (MedCLIP was trained on grey
     X-rays); one-channel results are repeated to three channels after normalisation. Resizing
     uses ``torch.nn.functional.interpolate`` (antialiased by default, PIL's kernel), clamped
-    to [0, 1] as PIL's uint8 output is; this is the only normalisation an image receives.
+    to the uint8 range as PIL's output is; this is the only normalisation an image receives.
     """
 
     size: int
@@ -110,16 +110,16 @@ class ImagePreprocess:
 
     def __call__(self, images: Tensor) -> Tensor:
         check_uint8_images(images)
-        x = images.to(torch.float32).div_(255.0)
+        x = images.to(torch.float32)  # kept on the 0..255 scale; 1/255 folds into the normalisation
         if self.grey and x.shape[1] == 3:
             luma = x.new_tensor(_LUMA).view(1, 3, 1, 1)
             x = (x * luma).sum(dim=1, keepdim=True)
         if self.resize_mode == "pad_square":
             x = _pad_to_square(x)
         x = self._resize(x)
-        mean = x.new_tensor(self.mean).view(1, -1, 1, 1)
         std = x.new_tensor(self.std).view(1, -1, 1, 1)
-        x = (x - mean) / std
+        shift = -x.new_tensor(self.mean).view(1, -1, 1, 1) / std
+        x = torch.addcmul(shift, x, 1.0 / (255.0 * std))
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         return x.contiguous()
@@ -134,7 +134,7 @@ class ImagePreprocess:
         if (h, w) != out:
             x = F.interpolate(
                 x, size=out, mode=self.interpolation, align_corners=False, antialias=self.antialias
-            ).clamp_(0.0, 1.0)
+            ).clamp_(0.0, 255.0)
         if self.resize_mode == "shortest":
             top = round((out[0] - s) / 2.0)
             left = round((out[1] - s) / 2.0)
@@ -143,7 +143,7 @@ class ImagePreprocess:
 
 
 def _pad_to_square(x: Tensor) -> Tensor:
-    """Zero-pad (black) to a square of side max(H, W), the image centred as PIL's paste."""
+    """Zero-pad (black) to a square of side max(H, W), the image centred as PIL's paste does."""
     h, w = x.shape[-2:]
     side = max(h, w)
     left, top = (side - w) // 2, (side - h) // 2

@@ -9,6 +9,7 @@ one), so random-weight builds never touch the Hub.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import shutil
@@ -24,6 +25,7 @@ from .weights import (
     WeightsMismatchError,
     WeightsSource,
     fetch_weights,
+    hub_offline_if_unreachable,
     load_state_dict_strict,
     read_state_dict,
 )
@@ -120,7 +122,9 @@ def build_module(spec: Mapping[str, Any], base_dir: Path) -> nn.Module:
         text_cfg["hf_model_pretrained"] = False
     custom_text = cfg.pop("custom_text", False) or hf_text
     cls = CustomTextCLIP if custom_text else CLIP
-    model = cls(**cfg)
+    hub_text = hf_text and not Path(text_cfg["hf_model_name"]).exists()
+    with hub_offline_if_unreachable() if hub_text else contextlib.nullcontext():
+        model = cls(**cfg)  # a Hub text config (generic hf-hub: models) is read from the cache
     size = _image_size(cfg)
     patch_embed = getattr(getattr(model.visual, "trunk", None), "patch_embed", None)
     if patch_embed is not None and tuple(patch_embed.img_size) != (size, size):
@@ -201,18 +205,13 @@ def _image_size(model_cfg: Mapping[str, Any]) -> int:
     return int(size)
 
 
-def _tokenizer_for(model_cfg: Mapping[str, Any], arch_name: str = "") -> dict[str, Any]:
+def _tokenizer_for(model_cfg: Mapping[str, Any], open_clip_name: str) -> dict[str, Any]:
+    """CLIP's BPE, or open_clip's own tokenizer for ``open_clip_name`` (its HF tokenizer,
+    cleaning and special-token options as open_clip applies them)."""
     text_cfg = model_cfg.get("text_cfg", {})
     context = int(text_cfg.get("context_length", 77))
     if text_cfg.get("hf_tokenizer_name"):
-        return {
-            "kind": "hf",
-            "source": text_cfg["hf_tokenizer_name"],
-            "context_length": context,
-            "clean": "whitespace",
-        }
-    if arch_name and "siglip" in arch_name.lower():
-        return {"kind": "open_clip", "source": arch_name, "context_length": context}
+        return {"kind": "open_clip", "source": open_clip_name, "context_length": context}
     return {"kind": "clip_bpe", "context_length": context}
 
 
@@ -241,7 +240,7 @@ def adopt_hub_config(
         "model_cfg": model_cfg,
     }
     spec["preprocess"] = _preprocess_from(config.get("preprocess_cfg", {}), _image_size(model_cfg))
-    spec["tokenizer"] = _tokenizer_for(model_cfg)
+    spec["tokenizer"] = _tokenizer_for(model_cfg, f"hf-hub:{repo}")
     return spec
 
 

@@ -15,6 +15,7 @@ builds the small config of the same family used by the tests.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -102,7 +103,7 @@ def _folder_spec(folder: Path) -> tuple[dict[str, Any], Path]:
             "preprocess": openclip._preprocess_from(
                 config.get("preprocess_cfg", {}), openclip._image_size(model_cfg)
             ),
-            "tokenizer": openclip._tokenizer_for(model_cfg),
+            "tokenizer": openclip._tokenizer_for(model_cfg, f"local-dir:{folder}"),
             "templates": "clip",
             "licence": f"Local open_clip model at {folder}; licence unknown.",
         }
@@ -157,7 +158,8 @@ def _hf_tokenizer(
 
     source = openclip._resolve_path(str(cfg["source"]), base_dir)
     hub_cache = str(cache_dir / "hf") if cache_dir is not None else None
-    with hub_offline_if_unreachable():
+    local = Path(source).exists()
+    with contextlib.nullcontext() if local else hub_offline_if_unreachable():
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, cache_dir=hub_cache)
         except Exception as exc:
@@ -170,14 +172,21 @@ def _hf_tokenizer(
 
 
 class _OpenClipTokenizer:
-    """open_clip's own tokenizer for an architecture (e.g. SigLIP towers); mask = all ones."""
+    """open_clip's own tokenizer of a model name (generic open_clip models with an HF text
+    tokenizer). open_clip text towers derive their own masks: ``attention_mask`` is all ones."""
 
-    def __init__(self, arch: str, context_length: int) -> None:
+    def __init__(self, source: str, context_length: int) -> None:
         import open_clip
 
         with hub_offline_if_unreachable():
-            self._tok = open_clip.get_tokenizer(arch, context_length=context_length)
-        self.arch = arch
+            try:
+                self._tok = open_clip.get_tokenizer(source, context_length=context_length)
+            except Exception as exc:
+                raise WeightsUnavailableError(
+                    f"open_clip tokenizer of '{source}' is not cached and cannot be downloaded "
+                    f"({exc}); run once with network access"
+                ) from exc
+        self.source = source
         self.context_length = int(context_length)
 
     def __call__(self, texts: Any) -> dict[str, torch.Tensor]:
@@ -185,7 +194,7 @@ class _OpenClipTokenizer:
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
     def save(self, folder: Path) -> dict[str, Any]:
-        return {"kind": "open_clip", "source": self.arch, "context_length": self.context_length}
+        return {"kind": "open_clip", "source": self.source, "context_length": self.context_length}
 
 
 def _build_tokenizer(
@@ -197,23 +206,23 @@ def _build_tokenizer(
         return ClipBpeTokenizer(context)
     if kind == "wordpiece_tiny":
         return tiny_wordpiece_tokenizer(context)
-    if kind == "open_clip":
-        return _OpenClipTokenizer(cfg["source"], context)
-    if kind == "hf":
-        try:
+    if kind not in ("hf", "open_clip"):
+        raise ValueError(
+            f"unknown tokenizer kind {kind!r}; allowed: clip_bpe, wordpiece_tiny, open_clip, hf"
+        )
+    try:
+        if kind == "hf":
             return _hf_tokenizer(cfg, base_dir, cache_dir)
-        except WeightsUnavailableError:
-            if not random_weights:
-                raise
-            logger.warning(
-                "tokenizer %s unavailable offline; random weights use the built-in word-piece "
-                "vocabulary instead (token ids differ from the real tokenizer's)",
-                cfg["source"],
-            )
-            return tiny_wordpiece_tokenizer(context)
-    raise ValueError(
-        f"unknown tokenizer kind {kind!r}; allowed: clip_bpe, wordpiece_tiny, open_clip, hf"
-    )
+        return _OpenClipTokenizer(cfg["source"], context)
+    except WeightsUnavailableError:
+        if not random_weights:
+            raise
+        logger.warning(
+            "tokenizer %s unavailable offline; random weights use the built-in word-piece "
+            "vocabulary instead (token ids differ from the real tokenizer's)",
+            cfg["source"],
+        )
+        return tiny_wordpiece_tokenizer(context)
 
 
 def _announce(info: ModelInfo) -> None:
@@ -300,14 +309,13 @@ def create_model(
     if weights_path is not None and weights_path.is_dir() and family is hf:
         spec = hf.adopt_folder(spec, weights_path)
 
-    with hub_offline_if_unreachable(), torch.random.fork_rng(devices=[]):
+    tokenizer = _build_tokenizer(spec["tokenizer"], base_dir, cache, weights_path is None)
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         module = family.build_module(spec, base_dir)
     weights_hash = RANDOM_INIT
     if weights_path is not None:
         weights_hash = sha256_files(family.load_into(module, spec, weights_path))
-
-    tokenizer = _build_tokenizer(spec["tokenizer"], base_dir, cache, weights_path is None)
     info = ModelInfo(
         name=spec["name"],
         family=spec["family"],

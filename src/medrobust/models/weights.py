@@ -113,7 +113,7 @@ class WeightsSource:
             return f"hf-hub:{self.repo}"
         if self.kind == "url":
             return self.url + (f"#{self.member}" if self.member else "")
-        return self.homepage
+        return self.filename or self.homepage
 
     def describe(self) -> str:
         """Where the weights come from, in words (used in error messages)."""
@@ -196,19 +196,30 @@ def hub_offline_if_unreachable() -> Iterator[bool]:
 def _unavailable(
     model_name: str, source: WeightsSource, cache: Path | str | None, reason: str
 ) -> WeightsUnavailableError:
-    where = f" (cache: {cache})" if cache else " (cache: the default Hugging Face cache)"
-    if source.kind == "manual":
-        how_get = f"download them from {source.homepage}"
-    else:
+    options = []
+    if source.kind != "manual":
+        options.append(
+            "run once with network access so they are cached "
+            f"(cache_dir=... or ${MODEL_CACHE_ENV} / HF_HOME)"
+        )
         how_get = f"download {source.describe()} yourself"
+    else:
+        how_get = f"download them from {source.homepage}"
+    options.append(
+        f"{how_get} and pass create_model('{model_name}', weights='/path/to/file-or-folder')"
+    )
+    options.append(
+        "use pretrained=False for randomly initialised weights (tests only; scores are meaningless)"
+    )
+    where = ""
+    if source.kind != "manual":
+        where = f" (cache: {cache or 'the default Hugging Face cache'})"
+    steps = "; ".join(f"({i}) {o}" for i, o in enumerate(options, 1))
     return WeightsUnavailableError(
         f"Pretrained weights for '{model_name}' are not available: {reason}.\n"
         f"  weights: {source.weights_id}\n"
         f"  source:  {source.describe()}{where}\n"
-        "To use them: (1) run once with network access so they are cached "
-        f"(cache_dir=... or ${MODEL_CACHE_ENV} / HF_HOME), or (2) {how_get} and pass "
-        f"create_model('{model_name}', weights='/path/to/file-or-folder'), or (3) use "
-        "pretrained=False for randomly initialised weights (tests only; scores are meaningless)."
+        f"To use them: {steps}."
     )
 
 
@@ -228,14 +239,14 @@ def fetch_weights(
         raise _unavailable(model_name, source, cache_dir, "they have no direct download link")
     if source.kind == "url":
         return [_fetch_url(model_name, source, cache_dir)]
-    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub import snapshot_download
 
     hub_cache = _hub_cache(cache_dir)
     with hub_offline_if_unreachable() as online:
         reason = "they are not cached and the Hugging Face Hub cannot be reached (offline)"
         try:
             if source.kind == "hf_file":
-                return [Path(hf_hub_download(source.repo, source.filename, cache_dir=hub_cache))]
+                return [_hub_file(source.repo, source.filename, hub_cache)]
             folder = Path(
                 snapshot_download(
                     source.repo, cache_dir=hub_cache, allow_patterns=_SNAPSHOT_PATTERNS
@@ -245,14 +256,34 @@ def fetch_weights(
                 folder = Path(
                     snapshot_download(source.repo, cache_dir=hub_cache, allow_patterns=["*.bin"])
                 )
-            return [folder]
         except Exception as exc:  # any Hub / network / auth error ends in one clear message
             if online:
                 reason = f"the download failed ({type(exc).__name__}: {exc})"
             raise _unavailable(model_name, source, hub_cache, reason) from exc
+    if not _weight_files(folder):  # e.g. only config.json was cached before
+        raise _unavailable(model_name, source, hub_cache, f"{folder} holds no weight files")
+    return [folder]
 
 
 _SNAPSHOT_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors"]
+_SAFE_ALTERNATIVES = {
+    "open_clip_pytorch_model.bin": "open_clip_model.safetensors",
+    "pytorch_model.bin": "model.safetensors",
+}
+
+
+def _hub_file(repo: str, filename: str, hub_cache: str | None) -> Path:
+    """One Hub file, preferring its safetensors twin where the repository has one."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    safe = _SAFE_ALTERNATIVES.get(filename)
+    if safe is not None:
+        try:
+            return Path(hf_hub_download(repo, safe, cache_dir=hub_cache))
+        except EntryNotFoundError:
+            pass  # no safetensors twin (or not cached): the named file
+    return Path(hf_hub_download(repo, filename, cache_dir=hub_cache))
 
 
 def _weight_files(folder: Path) -> list[Path]:

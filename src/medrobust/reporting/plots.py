@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -84,16 +85,19 @@ def plot_accuracy_vs_severity(
     """One subplot per corruption, one line per model: accuracy at ``severities`` (0 = clean).
 
     ``curves`` maps corruption -> model -> one value per severity (None = no data, drawn as a
-    gap). The y axis is shared so the panels compare at a glance.
+    gap); corruptions without any corrupted value get no panel. The y axis is shared so the
+    panels compare at a glance.
     """
-    if not curves:
-        raise ValueError("no corruption curves to plot")
-    names = list(curves)
-    models = list(dict.fromkeys(m for c in curves.values() for m in c))
     for c, per_model in curves.items():
         for m, points in per_model.items():
             if len(points) != len(severities):
                 raise ValueError(f"{c}/{m}: {len(points)} values for {len(severities)} severities")
+    corrupted = [i for i, s in enumerate(severities) if s != 0]
+    names = [c for c, per_model in curves.items()
+             if any(p[i] is not None for p in per_model.values() for i in corrupted)]
+    if not names:
+        raise ValueError("no corruption curves to plot (no corrupted results)")
+    models = list(dict.fromkeys(m for c in curves.values() for m in c))
     ncols = min(columns, len(names))
     nrows = math.ceil(len(names) / ncols)
     fig = _figure(3.1 * ncols + 0.4, 2.5 * nrows + 0.9)
@@ -113,7 +117,8 @@ def plot_accuracy_vs_severity(
             points = curves[names[k]].get(m)
             if points is not None:
                 ax.plot(x, _values(points), label=m, linewidth=1.6, markersize=4.5, **_style(i))
-        ax.set_title(names[k].replace("_", " "), fontsize=10)
+        panel = names[k].replace("_", " ").replace(" (", "\n(", 1)  # a note on its own line
+        ax.set_title("\n".join(textwrap.fill(t, 36) for t in panel.split("\n")), fontsize=10)
         ax.set_xticks(x, labels)
         ax.set_ylim(lo, hi)
         ax.grid(True, color="#dddddd", linewidth=0.6)
@@ -125,8 +130,9 @@ def plot_accuracy_vs_severity(
             ax.set_xlabel("severity", fontsize=9)
             ax.xaxis.set_tick_params(labelbottom=True)
     handles, legend_labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, legend_labels, loc="outside upper center",
-               ncols=min(len(models), 4), frameon=False, fontsize=9)
+    entry = 0.55 + 0.075 * max(map(len, models))  # inches: marker plus the longest name
+    fig.legend(handles, legend_labels, loc="outside upper center", frameon=False, fontsize=9,
+               ncols=max(1, min(len(models), int(fig.get_figwidth() // entry))))
     if title:
         fig.suptitle(title, fontsize=11)
     return _save(fig, path)
@@ -141,15 +147,16 @@ def plot_corruption_heatmap(
     percent: bool = False,
     title: str | None = None,
 ) -> Path:
-    """Rows = corruptions, columns = models; annotated cells, n/a in grey.
+    """Rows = corruptions, columns = models; annotated cells, n/a in grey (rows without any
+    value are left out).
 
     With ``center`` (e.g. 100 for CE) a diverging colour map is centred on it (purple below:
     better than the baseline; orange above: worse); otherwise the sequential cividis map.
     ``percent`` shows values (fractions) as percentages.
     """
-    if not matrix:
-        raise ValueError("no corruptions to plot")
-    rows = list(matrix)
+    rows = [r for r, values in matrix.items() if any(v is not None for v in values.values())]
+    if not rows:
+        raise ValueError("no corruptions to plot (no values)")
     models = list(dict.fromkeys(m for r in matrix.values() for m in r))
     data = np.array([[np.nan if matrix[r].get(m) is None else float(matrix[r][m])  # type: ignore[arg-type]
                       for m in models] for r in rows], dtype=np.float64)

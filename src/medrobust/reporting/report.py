@@ -15,6 +15,7 @@ import html
 import json
 import os
 import time
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,18 +114,27 @@ def _load_rows(run_dir: Path) -> list[dict]:
     return rows
 
 
-def _missing_cells(results: RunResults) -> list[str]:
-    """Every expected cell of the grid that the run lacks, as readable text."""
-    out = []
-    for m in results.models:
-        for b in results.benchmarks:
+def _missing_cells(results: RunResults) -> tuple[int, list[str]]:
+    """How many cells of the expected grid the run lacks, and which (grouped by model)."""
+    count = 0
+    gaps: dict[str, list[str]] = {}
+    for b in results.benchmarks:
+        for m in results.models:
             if results.cell(m, b, CLEAN, 0) is None:
-                out.append(f"{m} / {b.label} / clean")
+                count += 1
+                gaps.setdefault(f"clean on {b.label}", []).append(m)
             for c in b.corruptions + b.held_out:
                 absent = [s for s in b.severities if results.cell(m, b, c, s) is None]
                 if absent:
-                    out.append(f"{m} / {b.label} / {c} severities {absent}")
-    return out
+                    count += len(absent)
+                    levels = ("" if len(absent) == len(b.severities)
+                              else f", severities {absent}")
+                    gaps.setdefault(f"{c} on {b.label}{levels}", []).append(m)
+    where = [
+        f"{gap} ({'all models' if len(models) == len(results.models) else ', '.join(models)})"
+        for gap, models in gaps.items()
+    ]
+    return count, where
 
 
 def _severity_text(severities: Sequence[int]) -> str:
@@ -158,11 +168,10 @@ def _datasets_table(results: RunResults) -> Table:
 
 
 def _summary_items(results: RunResults, analysis: Analysis, run_dir: Path) -> list[tuple[str, str]]:
-    missing = _missing_cells(results)
-    expected = results.expected_cells()
+    count, _ = _missing_cells(results)
     cells = (f"{results.n_used} finished cells used ({results.n_rows} in the database); a "
-             f"complete grid has {expected}")
-    cells += f" - {len(missing)} missing" if missing else " - complete"
+             f"complete grid has {results.expected_cells()}: "
+             + (f"{count} missing" if count else "complete"))
     models = ", ".join(f"{m} (weights {results.weights[m][:12]})" for m in results.models)
     suites = sorted({b.suite for b in results.benchmarks})
     baseline = (analysis.baseline if analysis.baseline else
@@ -187,10 +196,10 @@ def _warnings(results: RunResults, analysis: Analysis) -> list[str]:
         out.append(f"The baseline model {analysis.requested_baseline!r} is not in this run "
                    f"(models: {', '.join(results.models)}): no ratios (Clean Error, mCE) can be "
                    "computed; the tables show absolute errors.")
-    missing = _missing_cells(results)
-    if missing:
-        out.append(f"The grid is incomplete: {len(missing)} expected cell(s) are missing, so "
-                   "some summaries cover fewer corruptions or datasets (see Coverage).")
+    count, _ = _missing_cells(results)
+    if count:
+        out.append(f"The grid is incomplete: {count} expected cell(s) are missing, so some "
+                   "summaries cover fewer corruptions or datasets (see Coverage).")
     out += [f"{m}: {MEDCLIP_CAVEAT}." for m in results.models if is_medclip(m)]
     return out
 
@@ -217,10 +226,10 @@ def _notes(results: RunResults, analysis: Analysis) -> list[str]:
             f"Baseline: {analysis.requested_baseline!r} is not in this run, so only absolute "
             f"errors are shown; rerun the report with baseline set to one of "
             f"{', '.join(results.models)} for ratios.")
-    missing = _missing_cells(results)
-    coverage = ("Coverage: the grid is complete." if not missing else
-                f"Coverage: {len(missing)} expected cell(s) missing: " + "; ".join(missing[:25])
-                + (f"; and {len(missing) - 25} more" if len(missing) > 25 else "") + ".")
+    count, where = _missing_cells(results)
+    coverage = ("Coverage: the grid is complete." if not count else
+                f"Coverage: {count} expected cell(s) missing: " + "; ".join(where[:25])
+                + (f"; and {len(where) - 25} more" if len(where) > 25 else "") + ".")
     notes.append(coverage + " Every summary states how many (dataset, corruption) pairs it "
                  "covers; a corruption counts only with all its severities.")
     notes += [f"{m}: {MEDCLIP_CAVEAT}." for m in results.models if is_medclip(m)]
@@ -228,51 +237,86 @@ def _notes(results: RunResults, analysis: Analysis) -> list[str]:
     return notes
 
 
-def _config_groups(configs: Mapping[str, Mapping[str, tuple[str, ...]]]
-                   ) -> list[tuple[list[str], str]]:
-    """Each model's exact configuration as one JSON text, models with equal texts grouped.
+_CONFIG_LEVELS = (
+    ("run", ()),
+    ("per model", ("model",)),
+    ("per dataset", ("dataset",)),
+    ("per model and dataset", ("model", "dataset")),
+    ("per corruption", ("dataset", "suite", "corruption", "severity")),
+    ("per model and corruption", ("model", "dataset", "suite", "corruption", "severity")),
+    ("per cell", ("model", "dataset", "suite", "corruption", "severity", "seed")),
+)
+_NOT_SET = "(not set)"
 
-    Settings equal on all of a model's datasets are listed once ("all datasets"); the rest
-    per dataset, so nothing is dropped and nothing is repeated.
+
+def _same(values: list[Any]) -> bool:
+    return len({json.dumps(v, sort_keys=True, default=str) for v in values}) == 1
+
+
+def _config_summary(results: RunResults) -> str:
+    """The exact configuration of every cell as one compact JSON text.
+
+    Each setting is listed at the coarsest level that determines it (the whole run, a model, a
+    dataset, a model on a dataset, a corruption cell, ...), so nothing is dropped and nothing
+    is repeated; values that differ only by severity are listed per severity.
     """
-    groups: dict[str, list[str]] = {}
-    for model, variants in configs.items():
-        parsed = [(json.loads(text), datasets) for text, datasets in variants.items()]
-        if len(parsed) == 1 or not all(isinstance(p, dict) for p, _ in parsed):
-            merged: Any = (parsed[0][0] if len(parsed) == 1 else
-                           {", ".join(ds): p for p, ds in parsed})
-        else:
-            first = parsed[0][0]
-            keys = sorted(set().union(*(p for p, _ in parsed)))
-            common = {k: first[k] for k in keys
-                      if all(k in p and p[k] == first[k] for p, _ in parsed)}
-            merged = {"all datasets": common, "per dataset": {
-                ", ".join(ds): {k: p[k] for k in keys if k in p and k not in common}
-                for p, ds in parsed}}
-        groups.setdefault(json.dumps(merged, indent=2, sort_keys=True), []).append(model)
-    return [(models, text) for text, models in groups.items()]
+    records = results.configs
+    keys = sorted({k for r in records for k in r["config"]})
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for key in keys:
+        for level, fields in _CONFIG_LEVELS:
+            groups: dict[tuple, list[Any]] = defaultdict(list)
+            for r in records:
+                groups[tuple(r[f] for f in fields)].append(r["config"].get(key, _NOT_SET))
+            if all(_same(v) for v in groups.values()) or level == "per cell":
+                break
+        section = out.setdefault(level, {})
+        for coords, values in groups.items():
+            value = values[0] if _same(values) else values
+            if "severity" in fields and level != "per cell":
+                where, severity = " / ".join(map(str, coords[:-1])), coords[-1]
+                entry = section.setdefault(where or "all", {})
+                entry.setdefault(key, {})[f"severity {severity}"] = value
+            else:
+                section.setdefault(" / ".join(map(str, coords)) or "all", {})[key] = value
+    for level in ("per corruption", "per model and corruption"):  # equal at every severity:
+        for entry in out.get(level, {}).values():                 # shown once
+            for key, by_severity in entry.items():
+                if _same(list(by_severity.values())):
+                    entry[key] = next(iter(by_severity.values()))
+    for section in out.values():  # a setting absent from a whole group is not listed there
+        for where in list(section):
+            section[where] = {k: v for k, v in section[where].items() if v != _NOT_SET}
+            if not section[where]:
+                del section[where]
+    if "run" in out:
+        out["run"] = out["run"].get("all", {})
+    order = [level for level, _ in _CONFIG_LEVELS if level in out]
+    return json.dumps({level: out[level] for level in order}, indent=2, default=str)
 
 
 def _figures(analysis: Analysis, out: Path) -> list[tuple[str, Path, str]]:
-    """Write the plots; (title, path, caption) of each."""
-    severities, curves = accuracy_curves(analysis)
-    if not curves:
-        return []
+    """Write the plots that have data; (title, path, caption) of each."""
     r = analysis.results
+    figures = []
+    severities, curves = accuracy_curves(analysis)
+    if any(v is not None for per in curves.values() for p in per.values() for v in p[1:]):
+        path = plot_accuracy_vs_severity(
+            curves, severities, out / "accuracy_vs_severity.png", ylabel=r.accuracy_name)
+        figures.append((
+            "Accuracy versus severity", path,
+            f"{r.accuracy_name.capitalize()} per corruption and severity (clean = severity 0), "
+            "mean over the datasets with that corruption."))
     label, matrix = corruption_matrix(analysis)
-    accuracy = plot_accuracy_vs_severity(
-        curves, severities, out / "accuracy_vs_severity.png", ylabel=r.accuracy_name)
-    heatmap = plot_corruption_heatmap(
-        matrix, out / "corruption_heatmap.png", label=label,
-        center=100.0 if analysis.baseline else None, percent=analysis.baseline is None)
-    what = (f"CE with {analysis.baseline} = 100 (below 100: more robust than the baseline)"
-            if analysis.baseline else "mean error over severities")
-    return [
-        ("Accuracy versus severity", accuracy,
-         f"{r.accuracy_name.capitalize()} per corruption and severity (clean = severity 0), "
-         "mean over the datasets with that corruption."),
-        ("Corruption x model", heatmap, f"{what}, mean over the datasets with that corruption."),
-    ]
+    if any(v is not None for row in matrix.values() for v in row.values()):
+        path = plot_corruption_heatmap(
+            matrix, out / "corruption_heatmap.png", label=label,
+            center=100.0 if analysis.baseline else None, percent=analysis.baseline is None)
+        what = (f"CE with {analysis.baseline} = 100 (below 100: more robust than the baseline)"
+                if analysis.baseline else "Mean error over severities")
+        figures.append(("Corruption x model", path,
+                        f"{what}, mean over the datasets with that corruption."))
+    return figures
 
 
 @dataclass(frozen=True)
@@ -283,7 +327,7 @@ class _Content:
     warnings: list[str]
     summary: list[tuple[str, str]]
     datasets: Table
-    configs: list[tuple[list[str], str]]
+    configuration: str
     headline: Table
     results: list[Table]
     figures: list[tuple[str, Path, str]]
@@ -309,8 +353,8 @@ def _markdown(c: _Content, out: Path) -> str:
             rel = Path(os.path.relpath(path.resolve(), out.resolve())).as_posix()
             lines += [f"### {name}", "", f"![{name}]({rel})", ""]
     lines += ["## Notes", ""] + [f"- {n}" for n in c.notes] + ["", "## Configuration", ""]
-    for models, text in c.configs:
-        lines += [f"**{', '.join(models)}**:", "", "```json", text, "```", ""]
+    lines += ["Each setting at the coarsest level that determines it.", "", "```json",
+              c.configuration, "```", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -321,7 +365,7 @@ def _data_uri(path: Path) -> str:
 def _figure_html(name: str, path: Path, caption: str) -> str:
     e = html.escape
     return (f'<h3>{e(name)}</h3><figure><img src="{_data_uri(path)}" alt="{e(name)}">'
-            f"<figcaption>{e(caption)}</figcaption></figure>")
+            + (f"<figcaption>{e(caption)}</figcaption>" if caption else "") + "</figure>")
 
 
 def _html(c: _Content) -> str:
@@ -340,17 +384,16 @@ def _html(c: _Content) -> str:
         f'<tr><th scope="row">{e(k)}</th><td>{e(v)}</td></tr>' for k, v in c.summary)
         + "</tbody></table></div>")
     parts.append(c.datasets.to_html())
-    parts.append("<details><summary>Exact configuration of each model</summary>")
-    parts += [f"<p><strong>{e(', '.join(models))}</strong></p><pre>{e(text)}</pre>"
-              for models, text in c.configs]
-    parts += ["</details>", "<h2>Headline</h2>", c.headline.to_html(), "<h2>Results</h2>"]
+    parts.append("<details><summary>Exact configuration (each setting at the coarsest level "
+                 f"that determines it)</summary><pre>{e(c.configuration)}</pre>")
+    parts += ["<h2>Headline</h2>", c.headline.to_html(), "<h2>Results</h2>"]
     parts += [t.to_html() for t in c.results]
     if c.figures:
         parts.append("<h2>Figures</h2>")
         parts += [_figure_html(*f) for f in c.figures]
     if c.montages:
         parts.append("<h2>Sample montages</h2>")
-        parts += [_figure_html(name, path, name) for name, path in c.montages.items()]
+        parts += [_figure_html(name, path, "") for name, path in c.montages.items()]
     parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{e(n)}</li>" for n in c.notes) + "</ul>")
     parts += ["</body>", "</html>"]
     return "\n".join(parts) + "\n"
@@ -376,8 +419,10 @@ def write_report(
     the only one, else 'test'); ``modalities`` names datasets' modalities the package does not
     know; ``expected_corruptions`` overrides a dataset's expected corruption list.
 
-    Raises FileNotFoundError if the run folder or its database is missing, ValueError if the
-    database holds no finished cells or an argument is invalid.
+    Returns ``{'markdown': ..., 'html': ...}`` plus ``'accuracy_vs_severity'`` and
+    ``'corruption_heatmap'`` (PNG) when the run has corrupted results to plot. Raises
+    FileNotFoundError if the run folder or its database is missing, ValueError if the database
+    holds no finished cells or an argument is invalid.
     """
     if error_type not in ERROR_TYPES:
         raise ValueError(f"error_type must be one of {ERROR_TYPES}; got {error_type!r}")
@@ -397,7 +442,7 @@ def write_report(
         warnings=_warnings(results, analysis),
         summary=_summary_items(results, analysis, run_dir.resolve()),
         datasets=_datasets_table(results),
-        configs=_config_groups(results.configs),
+        configuration=_config_summary(results),
         headline=headline,
         results=list(tables.values()),
         figures=_figures(analysis, out),

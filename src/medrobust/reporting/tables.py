@@ -178,7 +178,7 @@ class Table:
                     cls += " na"
                 elif isinstance(cell.value, str) and cell.value.endswith("incomplete"):
                     cls += " warn"
-                if len(shown) <= 24:
+                if len(shown) <= 32:
                     cls += " short"
                 sup = f'<sup title="{e(cell.note or "")}">{mark}</sup>' if mark else ""
                 tds.append(f'<td class="{cls}">{e(shown)}{sup}</td>')
@@ -243,8 +243,9 @@ class RunResults:
     cells: Mapping[tuple[str, str, str, int], CellResult]
     """``(model, benchmark label, corruption or 'clean', severity (0 = clean)) -> result``."""
     weights: Mapping[str, str]
-    configs: Mapping[str, Mapping[str, tuple[str, ...]]]
-    """``model -> configuration JSON -> benchmark labels`` using it."""
+    configs: tuple[Mapping[str, Any], ...]
+    """Distinct cell configurations: ``model``, ``dataset``, ``suite``, ``corruption``,
+    ``severity``, ``seed`` and the parsed ``config`` (weights hash included)."""
     n_rows: int
     n_used: int
     seconds: float
@@ -312,6 +313,25 @@ def _suite_corruptions(suite: str, dataset: str) -> tuple[str, ...] | None:
     except (KeyError, ValueError, OSError):
         return None
     return tuple(s.benchmark_corruptions)
+
+
+def _expected_corruptions(dataset: str, suite: str, observed: list[str],
+                          given: Mapping[str, Sequence[str]] | None) -> tuple[list[str], str]:
+    """The corruptions an mCE over a dataset should cover, and where that list comes from."""
+    if given and dataset in given:
+        return list(given[dataset]), "the list given by the caller"
+    found = _suite_corruptions(suite, dataset)
+    if found is not None:
+        return list(found), f"the benchmark corruptions of suite {suite!r}"
+    return observed, f"the corruptions found in the run (suite {suite!r} could not be loaded)"
+
+
+def _config(config: Any) -> dict[str, Any]:
+    """A row's configuration as a dict (the store keeps JSON text; a non-object is wrapped)."""
+    value = json.loads(config) if isinstance(config, str) else config
+    if value is None:
+        return {}
+    return dict(value) if isinstance(value, Mapping) else {"config": value}
 
 
 def _row_error(row: Mapping[str, Any], error_type: str) -> float | None:
@@ -411,13 +431,7 @@ def collect_results(
                 k[3] for k in groups if k[1] == dataset and k[2] == suite and k[3] != CLEAN))
             severities = sorted({k[4] for k in groups
                                  if k[1] == dataset and k[2] == suite and k[3] != CLEAN})
-            if expected_corruptions and dataset in expected_corruptions:
-                listed, source = list(expected_corruptions[dataset]), "the list given by the caller"
-            elif (found := _suite_corruptions(suite, dataset)) is not None:
-                listed, source = list(found), f"the benchmark corruptions of suite {suite!r}"
-            else:
-                listed, source = observed, (f"the corruptions found in the run (suite {suite!r} "
-                                            "could not be loaded)")
+            listed, source = _expected_corruptions(dataset, suite, observed, expected_corruptions)
             bench = Benchmark(
                 label=bench_label, dataset=dataset, suite=suite,
                 modality=dataset_modality(dataset, modalities),
@@ -443,10 +457,13 @@ def collect_results(
             f"configurations); their metrics are averaged ({len(repeated)} model/dataset pairs)."
         )
 
-    configs: dict[str, dict[str, dict[str, None]]] = defaultdict(lambda: defaultdict(dict))
+    configs = {}
     for r in used:
-        text = json.dumps(json.loads(r["config"]), indent=2, sort_keys=True)
-        configs[label(r)][text].setdefault(str(r["dataset"]))
+        record = {"model": label(r), "dataset": str(r["dataset"]), "suite": str(r["suite"]),
+                  "corruption": str(r["corruption"]), "severity": int(r["severity"]),
+                  "seed": int(r["seed"]),
+                  "config": {"weights_hash": str(r["weights_hash"]), **_config(r.get("config"))}}
+        configs.setdefault(json.dumps(record, sort_keys=True, default=str), record)
     models = sorted({k[0] for k in groups} | {label(r) for r in used})
     return RunResults(
         error_type=error_type,
@@ -455,10 +472,10 @@ def collect_results(
         benchmarks=tuple(benchmarks),
         cells=cells,
         weights={label(r): str(r["weights_hash"]) for r in used},
-        configs={m: {t: tuple(d) for t, d in c.items()} for m, c in configs.items()},
+        configs=tuple(configs.values()),
         n_rows=len(rows),
         n_used=len(used),
-        seconds=math.fsum(float(r["seconds"] or 0.0) for r in used),
+        seconds=math.fsum(float(r.get("seconds") or 0.0) for r in used),
         notes=tuple(notes),
     )
 
@@ -614,7 +631,7 @@ def _mean_cell(parts: Parts, what: str = "") -> Cell:
     left = [f"{name}: {why}" for name, v, why in parts if v is None and why]
     prefix = f"{what} " if what else ""
     if not defined:
-        return Cell(None, f"{prefix}undefined - {'; '.join(left)}" if left else None)
+        return Cell(None, f"{prefix}n/a - {'; '.join(left)}" if left else None)
     note = None
     if len(defined) < len(parts):
         note = (f"{prefix}mean over {len(defined)} of {len(parts)} datasets; "
@@ -692,7 +709,7 @@ def _coverage(analysis: Analysis, model: str, benches: Sequence[Benchmark], *,
     """
     against = analysis.baseline if ratios else None
     covered = expected = 0
-    gaps: list[str] = []
+    gaps: dict[tuple[str, str], list[str]] = defaultdict(list)  # (dataset, why) -> corruptions
     for b in benches:
         s = analysis.summary(model, b)
         base = analysis.summary(against, b) if against else None
@@ -701,14 +718,15 @@ def _coverage(analysis: Analysis, model: str, benches: Sequence[Benchmark], *,
             covered += len(b.corruptions) - len(s.missing)
         elif s.mce is not None:
             covered += s.mce.n_corruptions_covered
-            gaps += [f"{c} on {b.label} (CE undefined)" for c in s.mce.undefined]
+            gaps[(b.label, "CE undefined")] += s.mce.undefined
         for c in b.corruptions:
             if c in s.missing:
-                gaps.append(f"{c} on {b.label} ({s.missing[c]})")
+                gaps[(b.label, s.missing[c])].append(c)
             elif base is not None and c in base.missing:
-                gaps.append(f"{c} on {b.label} (baseline: {base.missing[c]})")
+                gaps[(b.label, f"baseline: {base.missing[c]}")].append(c)
     text = f"{covered}/{expected}" + (", incomplete" if covered < expected else "")
-    return Cell(text, f"not covered: {'; '.join(gaps)}" if gaps else None)
+    where = [f"{', '.join(cs)} on {label} ({why})" for (label, why), cs in gaps.items() if cs]
+    return Cell(text, f"not covered: {'; '.join(where)}" if where else None)
 
 
 def _model_cell(model: str) -> Cell:
@@ -788,12 +806,23 @@ def _modality(analysis: Analysis) -> Table:
 
 
 def _corruption_pairs(r: RunResults) -> dict[str, list[tuple[Benchmark, str]]]:
-    """``corruption key -> [(benchmark, corruption name)]`` over every evaluated corruption."""
+    """``row label -> [(benchmark, corruption name)]`` over every evaluated corruption.
+
+    Benchmark corruptions come first, then held-out ones; the label says where a corruption
+    is held out (not part of the mCE).
+    """
     pairs: dict[str, list[tuple[Benchmark, str]]] = defaultdict(list)
-    for b in r.benchmarks:
-        for c in b.corruptions + b.held_out:
-            pairs[r.corruption_key(b, c)].append((b, c))
-    return pairs
+    for held_out in (False, True):
+        for b in r.benchmarks:
+            for c in b.held_out if held_out else b.corruptions:
+                pairs[r.corruption_key(b, c)].append((b, c))
+    labelled = {}
+    for key, where in pairs.items():
+        held = [b.label for b, c in where if c in b.held_out]
+        suffix = ("" if not held else " (held out)" if len(held) == len(where)
+                  else f" (held out on {', '.join(held)})")
+        labelled[key + suffix] = where
+    return labelled
 
 
 def _corruption_cells(analysis: Analysis, kind: str) -> dict[str, dict[str, Cell]]:
@@ -840,12 +869,9 @@ def corruption_matrix(analysis: Analysis) -> tuple[str, dict[str, dict[str, floa
 def _per_corruption(analysis: Analysis, kind: str) -> Table:
     r = analysis.results
     pairs = _corruption_pairs(r)
-    held = {r.corruption_key(b, c) for b in r.benchmarks for c in b.held_out}
-    rows = [
-        (Cell(key + (" (held out)" if key in held else "")), Cell(len(pairs[key])),
-         *(row[m] for m in analysis.models))
-        for key, row in _corruption_cells(analysis, kind).items()
-    ]
+    rows = [(Cell(key), Cell(len(pairs[key])), *(row[m] for m in analysis.models))
+            for key, row in _corruption_cells(analysis, kind).items()]
+    held = any(b.held_out for b in r.benchmarks)
     then = "per dataset, then the mean over the datasets with that corruption."
     if kind == "ce":
         title = f"Corruption Error per corruption ({analysis.baseline} = 100)"

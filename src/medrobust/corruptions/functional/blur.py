@@ -107,6 +107,8 @@ def _border_index(idx: torch.Tensor, n: int, mode: str) -> torch.Tensor:
 def _pad2d(x: torch.Tensor, pad_h: int, pad_w: int, mode: str) -> torch.Tensor:
     """Pad the last two dims by ``pad_h`` / ``pad_w`` on each side; any pad width works."""
     h, w = x.shape[-2:]
+    if mode == "replicate" or (pad_h < h and pad_w < w):
+        return F.pad(x, (pad_w, pad_w, pad_h, pad_h), mode=mode)
     rows = _border_index(torch.arange(-pad_h, h + pad_h, device=x.device), h, mode)
     cols = _border_index(torch.arange(-pad_w, w + pad_w, device=x.device), w, mode)
     return x.index_select(-2, rows).index_select(-1, cols)
@@ -129,9 +131,9 @@ def _filter_matrix(taps: torch.Tensor, n: int, mode: str) -> torch.Tensor:
 def _separable_filter(x: torch.Tensor, taps: torch.Tensor, mode: str) -> torch.Tensor:
     """Correlate every channel of float ``x`` (N, C, H, W) with ``taps`` along W, then H."""
     h, w = x.shape[-2:]
-    taps = taps.to(device=x.device, dtype=torch.float64)
-    mw = _filter_matrix(taps, w, mode).to(x.dtype)
-    mh = _filter_matrix(taps, h, mode).to(x.dtype)
+    taps = taps.to("cpu", torch.float64)  # built in float64 on CPU (MPS has no float64)
+    mw = _filter_matrix(taps, w, mode).to(x.device, x.dtype)
+    mh = _filter_matrix(taps, h, mode).to(x.device, x.dtype)
     return torch.matmul(mh, torch.matmul(x, mw.T))
 
 
@@ -148,20 +150,24 @@ def _fast_len(n: int) -> int:
         m += 1
 
 
-def _fft_correlate2d(x: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.Tensor:
-    """Correlate every channel of float ``x`` (N, C, H, W) with one odd (K, K) kernel.
+def _fft_correlator(
+    kernel: torch.Tensor, h: int, w: int, mode: str
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function correlating every channel of float (N, C, h, w) images with one odd kernel.
 
     Same result as ``cv2.filter2D`` with the given border; an FFT keeps the cost
     independent of the kernel size (a 17x17 direct convolution is 3x slower on CPU).
     """
-    h, w = x.shape[-2:]
     kh, kw = kernel.shape
-    xp = _pad2d(x, kh // 2, kw // 2, mode)
-    size = (_fast_len(xp.shape[-2]), _fast_len(xp.shape[-1]))
-    spectrum = torch.fft.rfft2(xp, s=size)
-    kernel_spectrum = torch.fft.rfft2(kernel.flip(0, 1).to(x), s=size)
-    y = torch.fft.irfft2(spectrum * kernel_spectrum, s=size)
-    return y[..., kh - 1 : kh - 1 + h, kw - 1 : kw - 1 + w]
+    size = (_fast_len(h + kh - 1), _fast_len(w + kw - 1))
+    kernel_spectrum = torch.fft.rfft2(kernel.flip(0, 1), s=size)
+
+    def correlate(x: torch.Tensor) -> torch.Tensor:
+        spectrum = torch.fft.rfft2(_pad2d(x, kh // 2, kw // 2, mode), s=size)
+        y = torch.fft.irfft2(spectrum * kernel_spectrum, s=size)
+        return y[..., kh - 1 : kh - 1 + h, kw - 1 : kw - 1 + w]
+
+    return correlate
 
 
 def _scipy_gaussian(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -214,10 +220,9 @@ def defocus_blur(images: torch.Tensor, param: tuple[float, float]) -> torch.Tens
     radius, alias = _tuple(param, 2, "defocus_blur", "radius, alias_sigma")
     radius = _real(radius, "defocus radius")
     alias = _real(alias, "defocus alias_sigma")
-    kernel = _disk_kernel(radius, alias).to(images.device)
-    return _map_chunks(
-        lambda part: to_uint8(_fft_correlate2d(to_float(part), kernel, "reflect")), images
-    )
+    kernel = _disk_kernel(radius, alias).to(images.device, torch.float32)
+    correlate = _fft_correlator(kernel, *images.shape[-2:], "reflect")
+    return _map_chunks(lambda part: to_uint8(correlate(to_float(part))), images)
 
 
 def scale_defocus_blur(param: tuple[float, float], factor: float) -> tuple[float, float]:

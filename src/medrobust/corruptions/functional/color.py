@@ -3,7 +3,7 @@
 Every function reproduces its reference's arithmetic, rounding and quantisation exactly:
 
 * ``brightness`` and ``contrast`` are ``PIL.ImageEnhance`` (``Image.blend`` in float32, truncated);
-* ``gamma`` is ``torchvision.transforms.functional.adjust_gamma`` on a PIL image (a 256-entry table);
+* ``gamma`` is torchvision's ``adjust_gamma`` on a PIL image (a 256-entry table);
 * ``saturate``, ``brightness_hsv`` and ``saturate_hsv`` share one batched float64 port of
   ``skimage.color.rgb2hsv``/``hsv2rgb``, quantised as ``(x * 255).astype(uint8)``;
 * ``contrast_mean`` is ImageNet-C ``contrast`` (per-channel mean, float64, truncated).
@@ -42,7 +42,8 @@ _CPU_CHUNK_ELEMENTS = 1 << 17
 # PIL's RGB -> L conversion (ITU-R 601-2 in 16-bit fixed point, rounded): Convert.c ``L24``.
 _L_WEIGHTS = (19595, 38470, 7471)
 
-HSV = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+_HSV = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+_HsvAdjust = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], _HSV]
 
 
 def _check_real(
@@ -80,7 +81,8 @@ def _rgb_to_l(rgb: torch.Tensor) -> torch.Tensor:
     """PIL ``convert('L')`` of uint8 RGB images (N, 3, H, W) -> (N, 1, H, W), bit-exact."""
     x = rgb.to(torch.int32)
     wr, wg, wb = _L_WEIGHTS
-    luma = x[:, 0:1] * wr + x[:, 1:2] * wg + x[:, 2:3] * wb + 0x8000
+    luma = x[:, 0:1] * wr
+    luma.add_(x[:, 1:2], alpha=wg).add_(x[:, 2:3], alpha=wb).add_(0x8000)
     return (luma >> 16).to(torch.uint8)
 
 
@@ -89,9 +91,11 @@ def _apply_lut(images: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
 
     ``lut`` is (256,) for the whole batch, (N, 256) per image or (N, C, 256) per channel.
     """
+    out = torch.empty_like(images)
+    if images.numel() == 0:
+        return out
     lut = lut.to(images.device)
     tables = lut if lut.ndim == 1 else lut.reshape(images.shape[0], -1, 256)
-    out = torch.empty_like(images)
     for sl in _batch_slices(images):
         chunk = images[sl]
         if lut.ndim == 1:
@@ -182,7 +186,7 @@ def contrast_mean(images: torch.Tensor, c: float) -> torch.Tensor:
     return _apply_lut(images, lut)
 
 
-def _rgb_to_hsv(x: torch.Tensor) -> HSV:
+def _rgb_to_hsv(x: torch.Tensor) -> _HSV:
     """``skimage.color.rgb2hsv`` of float64 images (N, 3, H, W), operation for operation."""
     r, g, b = x.unbind(1)
     v = torch.maximum(torch.maximum(r, g), b)
@@ -217,20 +221,16 @@ def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tens
     return candidates.gather(1, index)
 
 
-def _hsv_round_trip(
-    images: torch.Tensor, adjust: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], HSV]
-) -> torch.Tensor:
+def _hsv_round_trip(images: torch.Tensor, adjust: _HsvAdjust) -> torch.Tensor:
     """uint8 RGB -> x / 255 -> rgb2hsv -> ``adjust`` -> hsv2rgb -> ``(x * 255).astype(uint8)``."""
     x = images.to(torch.float64) / 255.0
     return to_uint8(_hsv_to_rgb(*adjust(*_rgb_to_hsv(x))))
 
 
-def _hsv_corrupt(
-    images: torch.Tensor, adjust: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], HSV]
-) -> torch.Tensor:
+def _hsv_corrupt(images: torch.Tensor, adjust: _HsvAdjust) -> torch.Tensor:
     """Apply an HSV adjustment to RGB images; grey images go grey -> RGB -> adjust -> L."""
     if images.shape[1] == 1:
-        ramp = _levels(images.device, torch.float64).to(torch.uint8).expand(1, 3, 1, 256)
+        ramp = torch.arange(256, dtype=torch.uint8, device=images.device).expand(1, 3, 1, 256)
         lut = _rgb_to_l(_hsv_round_trip(ramp, adjust)).reshape(256)
         return _apply_lut(images, lut)
     out = torch.empty_like(images)

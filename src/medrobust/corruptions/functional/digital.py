@@ -1,9 +1,10 @@
 """Digital corruptions: pixelation (PIL BOX / NEAREST resizing) and JPEG compression.
 
 ``pixelate`` and ``pixelate_nearest`` are batched, bit-exact ports of Pillow's 8-bit resampler
-(``Resample.c``: separable passes, 22-bit fixed-point weights, an 8-bit rounded intermediate) and of its NEAREST resize (``ImagingScaleAffine``). A BOX window gives
-every pixel in it the same weight, so each output pixel is a window sum taken from a cumulative
-sum: two gathers per pass, whatever the factor.
+(``Resample.c``: separable passes, 22-bit fixed-point weights, an 8-bit rounded intermediate)
+and of its NEAREST resize (``ImagingScaleAffine``). A BOX window gives every pixel in it the
+same weight, so a pass is one ``index_add_`` of the pixels into their
+windows followed by Pillow's fixed-point scaling and rounding, whatever the factor.
 
 ``jpeg_compression`` uses torchvision's libjpeg encoder and decoder, which write the same bytes
 as ``PIL.Image.save(..., 'JPEG', quality=q)`` (baseline, 4:2:0 chroma subsampling, the IJG
@@ -16,7 +17,6 @@ from functools import lru_cache
 from numbers import Integral
 
 import torch
-import torch.nn.functional as F
 from torchvision.io import decode_jpeg, encode_jpeg
 
 from medrobust.corruptions.functional._utils import check_images
@@ -25,42 +25,55 @@ from medrobust.corruptions.functional.color import _batch_slices, _check_real
 __all__ = ["jpeg_compression", "pixelate", "pixelate_nearest"]
 
 _PRECISION_BITS = 32 - 8 - 2  # Resample.c: fixed-point precision of 8-bit resampling
+# integer passes touch little memory per element: larger CPU chunks amortise per-call overhead
+_CHUNK_ELEMENTS = 1 << 19
 
 
 @lru_cache(maxsize=128)
-def _box_windows(in_size: int, out_size: int) -> tuple[list[int], list[int], list[int]]:
-    """Pillow's BOX coefficients for one axis as (start, stop, fixed-point weight) per output.
+def _box_windows(
+    in_size: int, out_size: int
+) -> tuple[tuple[tuple[int, ...], ...], tuple[int, ...]]:
+    """Pillow's BOX coefficients for one axis: the input pixels of each output, and its weight.
 
     Follows ``precompute_coeffs`` (support 0.5 scaled by the reduction factor, bounds rounded
-    with ``(int)(x + 0.5)``) and ``normalize_coeffs_8bpc`` (weights ``(int)(0.5 + k * 2**22)``).
+    with ``(int)(x + 0.5)``, filter evaluated at ``(x - center + 0.5) / filterscale``) and
+    ``normalize_coeffs_8bpc`` (weights ``(int)(0.5 + k * 2**22)``). Rounding makes neighbouring
+    windows overlap or leave a pixel out for some sizes, exactly as in Pillow.
     """
     scale = in_size / out_size
     filterscale = max(scale, 1.0)
     support = 0.5 * filterscale
     ss = 1.0 / filterscale
-    starts, stops, weights = [], [], []
+    members, weights = [], []
     for xx in range(out_size):
         center = (xx + 0.5) * scale
         xmin = max(int(center - support + 0.5), 0)
         xmax = min(int(center + support + 0.5), in_size)
-        inside = [x for x in range(xmin, xmax) if -0.5 < (x - center + 0.5) * ss <= 0.5]
-        starts.append(inside[0])
-        stops.append(inside[-1] + 1)
-        weights.append(int(0.5 + (1.0 / len(inside)) * (1 << _PRECISION_BITS)))
-    return starts, stops, weights
+        inside = tuple(x for x in range(xmin, xmax) if -0.5 < (x - center + 0.5) * ss <= 0.5)
+        members.append(inside)
+        weights.append(int(0.5 + (1.0 / len(inside)) * (1 << _PRECISION_BITS)) if inside else 0)
+    return tuple(members), tuple(weights)
 
 
 @lru_cache(maxsize=128)
-def _box_tensors(
+def _box_plan(
     in_size: int, out_size: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``_box_windows`` as tensors on ``device``: start and stop (int64), weight (int32)."""
-    starts, stops, weights = _box_windows(in_size, out_size)
-    return (
-        torch.tensor(starts, dtype=torch.int64, device=device),
-        torch.tensor(stops, dtype=torch.int64, device=device),
-        torch.tensor(weights, dtype=torch.int32, device=device),
-    )
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """``_box_windows`` as index tensors on ``device``: ``(copy, pixels, windows, weight)``.
+
+    ``copy`` is set when every output is one input pixel of weight 1 (enlarging), so the pass
+    is a gather. Otherwise input ``pixels[j]`` (``None``: all pixels in order) adds into output
+    ``windows[j]``, and each output's sum is scaled by ``weight`` (int32, fixed point).
+    """
+    members, weights = _box_windows(in_size, out_size)
+    weight = torch.tensor(weights, dtype=torch.int32, device=device)
+    if all(len(m) == 1 for m in members) and all(w == 1 << _PRECISION_BITS for w in weights):
+        copy = torch.tensor([m[0] for m in members], dtype=torch.int64, device=device)
+        return copy, None, torch.empty(0, dtype=torch.int64, device=device), weight
+    flat = [x for m in members for x in m]
+    windows = [i for i, m in enumerate(members) for _ in m]
+    pixels = None if flat == list(range(in_size)) else torch.tensor(flat, device=device)
+    return None, pixels, torch.tensor(windows, dtype=torch.int64, device=device), weight
 
 
 def _box_pass(x: torch.Tensor, out_size: int, dim: int) -> torch.Tensor:
@@ -68,14 +81,16 @@ def _box_pass(x: torch.Tensor, out_size: int, dim: int) -> torch.Tensor:
     in_size = x.shape[dim]
     if in_size == out_size:
         return x
-    start, stop, weight = _box_tensors(in_size, out_size, x.device)
-    if out_size >= in_size:  # enlarging: every window is one pixel of weight exactly 1
-        return x.index_select(dim, start)
+    copy, pixels, windows, weight = _box_plan(in_size, out_size, x.device)
+    if copy is not None:
+        return x.index_select(dim, copy)
+    source = x if pixels is None else x.index_select(dim, pixels)
+    shape = list(x.shape)
+    shape[dim] = out_size
+    sums = torch.zeros(shape, dtype=torch.int32, device=x.device)
+    sums.index_add_(dim, windows, source.to(torch.int32))
     if dim == -2:
         weight = weight[:, None]
-    pad = (1, 0) if dim == -1 else (0, 0, 1, 0)
-    cumulative = F.pad(torch.cumsum(x, dim, dtype=torch.int32), pad)
-    sums = cumulative.index_select(dim, stop) - cumulative.index_select(dim, start)
     rounded = sums.mul_(weight).add_(1 << (_PRECISION_BITS - 1)) >> _PRECISION_BITS
     return rounded.clamp_(max=255).to(torch.uint8)
 
@@ -83,10 +98,12 @@ def _box_pass(x: torch.Tensor, out_size: int, dim: int) -> torch.Tensor:
 def _box_resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """PIL ``resize((width, height), BOX)`` of uint8 images (N, C, H, W).
 
-    Pillow resamples horizontally first, except (since Pillow 13) when the height shrinks by
-    more than twice as many pixels as the width; the order changes the rounded intermediate.
+    When both axes shrink, the order of the passes changes the rounded intermediate: Pillow
+    goes horizontally first, except (since Pillow 13) when the height loses more than twice as
+    many pixels as the width. Otherwise a pass is a gather and the order is free: rows last.
     """
-    if x.shape[-2] - height > 2 * (x.shape[-1] - width):
+    in_h, in_w = x.shape[-2:]
+    if height < in_h and width < in_w and in_h - height > 2 * (in_w - width):
         return _box_pass(_box_pass(x, height, -2), width, -1)
     return _box_pass(_box_pass(x, width, -1), height, -2)
 
@@ -110,7 +127,7 @@ def _nearest_resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """PIL ``resize((width, height), NEAREST)`` of images (N, C, H, W)."""
     rows = _nearest_index(x.shape[-2], height, x.device)
     cols = _nearest_index(x.shape[-1], width, x.device)
-    return x.index_select(-2, rows).index_select(-1, cols)
+    return x.index_select(-1, cols).index_select(-2, rows)
 
 
 def _reduced_size(images: torch.Tensor, factor: float) -> tuple[int, int]:
@@ -132,7 +149,7 @@ def pixelate(images: torch.Tensor, factor: float) -> torch.Tensor:
     small_h, small_w = _reduced_size(images, factor)
     h, w = images.shape[-2:]
     out = torch.empty_like(images)
-    for sl in _batch_slices(images):
+    for sl in _batch_slices(images, _CHUNK_ELEMENTS):
         out[sl] = _box_resize(_box_resize(images[sl], small_h, small_w), h, w)
     return out
 
@@ -143,7 +160,7 @@ def pixelate_nearest(images: torch.Tensor, factor: float) -> torch.Tensor:
     small_h, small_w = _reduced_size(images, factor)
     h, w = images.shape[-2:]
     out = torch.empty_like(images)
-    for sl in _batch_slices(images):
+    for sl in _batch_slices(images, _CHUNK_ELEMENTS):
         out[sl] = _nearest_resize(_box_resize(images[sl], small_h, small_w), h, w)
     return out
 

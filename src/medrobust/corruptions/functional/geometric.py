@@ -17,12 +17,19 @@ Here the whole batch is smoothed with one separable convolution and resampled wi
 from __future__ import annotations
 
 import math
+from numbers import Real
 
 import torch
 import torch.nn.functional as F
 
 from medrobust.corruptions._random import ImageRandom
-from medrobust.corruptions.functional._utils import check_images, gaussian_kernel1d, to_float, to_uint8
+from medrobust.corruptions.functional._utils import (
+    check_images,
+    gaussian_kernel1d,
+    to_float,
+    to_uint8,
+)
+from medrobust.corruptions.functional.weather import _in_chunks
 
 __all__ = ["elastic_transform"]
 
@@ -67,25 +74,30 @@ def elastic_transform(images: torch.Tensor, param: float, *, rng: ImageRandom) -
     reference.
     """
     check_images(images)
-    if isinstance(param, bool) or not isinstance(param, int | float) or not math.isfinite(param) or param < 0:
-        raise ValueError(f"elastic_transform param (alpha) must be a finite number >= 0, got {param!r}")
+    if isinstance(param, bool) or not isinstance(param, Real):
+        raise TypeError(f"elastic_transform param (alpha) must be a number, got {param!r}")
+    alpha = float(param)
+    if not math.isfinite(alpha) or alpha < 0:
+        raise ValueError(f"elastic_transform param (alpha) must be finite and >= 0, got {param!r}")
     n, _, h, w = images.shape
+    if not isinstance(rng, ImageRandom):
+        raise TypeError(f"rng must be an ImageRandom, got {type(rng).__name__}")
     if len(rng) != n:
         raise ValueError(f"rng has {len(rng)} streams for a batch of {n} images")
     max_offset = _OFFSET_FRACTION * h
-    raw = rng.uniform((2, h, w), -max_offset, max_offset).to(images.device)  # x offsets, then y
-    disp = _smooth_reflect(raw, _SIGMA_FRACTION * h, _SIGMA_FRACTION * w) * float(param)
-
+    raw = rng.uniform((2, h, w), -max_offset, max_offset).to(images.device)  # x, then y offsets
     cols = torch.arange(w, dtype=torch.float32, device=images.device)
-    rows = torch.arange(h, dtype=torch.float32, device=images.device)
-    grid = torch.stack(
-        (
-            (2.0 * (cols + disp[:, 0]) + 1.0) / w - 1.0,
-            (2.0 * (rows[:, None] + disp[:, 1]) + 1.0) / h - 1.0,
-        ),
-        dim=-1,
-    )
-    warped = F.grid_sample(
-        to_float(images), grid, mode="bilinear", padding_mode="reflection", align_corners=False
-    )
-    return to_uint8(warped)
+    rows = torch.arange(h, dtype=torch.float32, device=images.device)[:, None]
+
+    def run(part: torch.Tensor, part_raw: torch.Tensor) -> torch.Tensor:
+        disp = _smooth_reflect(part_raw, _SIGMA_FRACTION * h, _SIGMA_FRACTION * w) * alpha
+        grid = torch.stack(
+            ((2.0 * (cols + disp[:, 0]) + 1.0) / w - 1.0, (2.0 * (rows + disp[:, 1]) + 1.0) / h - 1.0),
+            dim=-1,
+        )
+        warped = F.grid_sample(
+            to_float(part), grid, mode="bilinear", padding_mode="reflection", align_corners=False
+        )
+        return to_uint8(warped)
+
+    return _in_chunks(run, images, raw, planes=max(2, images.shape[1]))

@@ -1,12 +1,16 @@
 """Task-specific medical corruptions of MedMNIST-C: stain deposit, bubble, black corner, characters.
 
 Batched re-implementations of ``medmnistc``'s ``StainDeposit``, ``Bubble``, ``BlackCorner`` and
-``Characters`` (microscopy.py). Pixel constants of the reference (margins, the bubble rim, the
-letter width) are taken at 224 px and scale with the image size; lower ends of random ranges are
-clamped to the upper ends, so that no size or parameter raises (reference defect 10).
+``Characters`` (microscopy.py), with the reference's draws and rasters at 224 px: bubbles and the
+corner circle are pixel-exact (PIL ellipses, cv2.circle), text is OpenCV's own anti-aliased
+Hershey font. Pixel constants of the reference (margins, the bubble rim, the letter width, the
+font-scale grid) scale with the image size; lower ends of random ranges are clamped to the upper
+ends, so that no size or parameter raises (reference defect 10).
 Fixed reference defects: the ink size follows the severity (defect 6, ``ink_size``), the bubble
 centre ranges use (width, height) in the right order (defect 10), grey images take one channel
 (defect 9). Ink masks are generated procedurally here instead of shipping ``assets/inks.npz``.
+Randomness is drawn with fixed shapes (as many candidates as the maximum count, the first n
+used), so every image's stream sees the same calls and batching never changes a result.
 """
 
 from __future__ import annotations
@@ -23,11 +27,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from medrobust.corruptions._random import ImageRandom
-from medrobust.corruptions.functional._utils import (
-    check_images,
-    gaussian_kernel1d,
-    separable_conv2d,
-)
+from medrobust.corruptions.functional._utils import check_images
 
 __all__ = [
     "STAIN_INK_SIZES",
@@ -46,6 +46,7 @@ STAIN_INK_SIZES = (12, 16, 24, 32, 42)
 """Ink blob sizes (px at 224) of severities 1..5, the reference's ``inks.npz`` keys '1'..'5'."""
 
 _INK_VARIANTS = 10
+_DEFAULT_INK_SIZE = 24  # the reference's size for severities 1-4 (defect 6)
 _INK_SEED = 61_2024
 _MARGIN = 10
 _BUBBLE_RIM = 2
@@ -58,6 +59,7 @@ _MIN_LETTERS = 3
 _MIN_FONT_SCALE_STEPS = 14  # font scale randint(14, 100 fs) / 100 at 224 px
 _MIN_RENDER_SCALE = 0.14  # smaller fonts are drawn supersampled
 _FONT = cv2.FONT_HERSHEY_DUPLEX
+_CHUNK_ELEMENTS = 1 << 22
 
 
 def _round_px(x: float) -> int:
@@ -94,6 +96,31 @@ def _check_rng(rng: ImageRandom, images: torch.Tensor) -> None:
         raise ValueError(f"rng has {len(rng)} streams for a batch of {images.shape[0]} images")
 
 
+def _chunk(elements_per_item: int, items: int) -> int:
+    """Items per chunk so that a chunk's temporaries stay near 4 M elements."""
+    return min(items, max(1, _CHUNK_ELEMENTS // max(elements_per_item, 1)))
+
+
+def _blend_pixels(
+    out: torch.Tensor,
+    first_channel: torch.Tensor,
+    target: torch.Tensor | float,
+    alpha: torch.Tensor,
+) -> None:
+    """Blend some pixels of ``out`` (N, C, H, W) toward ``target`` in place: p + (t - p) * alpha.
+
+    ``first_channel`` holds the flat indices of the pixels' channel 0, ``alpha`` (K, 1) in [0, 1].
+    Rounds to nearest, as PIL's paste and OpenCV's anti-aliasing do. Flat index_select /
+    index_copy_ are much faster than multi-dimensional advanced indexing.
+    """
+    c, plane = out.shape[1], out.shape[2] * out.shape[3]
+    index = (first_channel[:, None] + torch.arange(c, device=out.device) * plane).view(-1)
+    flat = out.view(-1)
+    pixels = flat.index_select(0, index).view(-1, c).to(torch.float32)
+    blended = pixels + (target - pixels) * alpha + 0.5
+    flat.index_copy_(0, index, blended.to(torch.uint8).view(-1))
+
+
 def _uniform_int(u: torch.Tensor, low: torch.Tensor | int, high: torch.Tensor) -> torch.Tensor:
     """Map uniform draws u in [0, 1) to integers in [low, high] (both inclusive, per element)."""
     span = high - low + 1
@@ -103,35 +130,42 @@ def _uniform_int(u: torch.Tensor, low: torch.Tensor | int, high: torch.Tensor) -
 # ----------------------------------------------------------------------------- stain deposit
 
 
+def _smooth_noise(gen: np.random.Generator, size: int, sigma: float) -> np.ndarray:
+    """Unit-variance Gaussian-smoothed white noise, periodic, (variants, size, size) float64.
+
+    Filtered in the Fourier domain: O(size^2 log size) for any blur, and deterministic.
+    """
+    noise = gen.standard_normal((_INK_VARIANTS, size, size))
+    freq2 = np.fft.fftfreq(size)[:, None] ** 2 + np.fft.rfftfreq(size)[None, :] ** 2
+    transfer = np.exp(-2.0 * (np.pi * sigma) ** 2 * freq2)
+    field = np.fft.irfft2(np.fft.rfft2(noise) * transfer, s=(size, size))
+    return field / np.maximum(field.reshape(_INK_VARIANTS, -1).std(axis=1), 1e-12)[:, None, None]
+
+
 @functools.lru_cache(maxsize=32)
 def _ink_masks(size: int, device: torch.device) -> torch.Tensor:
     """Ten irregular ink-blob masks of ``size`` x ``size`` px, (10, size, size) bool.
 
-    Smoothed Gaussian noise perturbs the radius of a randomly rotated, stretched disk, which gives
-    blots with ragged edges and the odd splash, about 45 % of the square covered. A fixed seed per
-    size makes them the same in every process; computed in float64 on the CPU.
+    Smoothed noise at two scales perturbs the radius of a randomly rotated, stretched disk: blots
+    with ragged edges and the odd splash, about 40 % of the square covered. A fixed seed per size
+    makes them the same in every process.
     """
     if size == 1:
         return torch.ones(_INK_VARIANTS, 1, 1, dtype=torch.bool, device=device)
     gen = np.random.default_rng([_INK_SEED, size])
-    half = size / 2.0
-    coords = (torch.arange(size, dtype=torch.float64) + 0.5 - half) / half
-    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
-    angle = torch.from_numpy(gen.uniform(0.0, math.pi, (_INK_VARIANTS, 1, 1)))
-    stretch = torch.from_numpy(gen.uniform(0.7, 1.0, (_INK_VARIANTS, 1, 1)))
-    u = xx * torch.cos(angle) + yy * torch.sin(angle)
-    v = (yy * torch.cos(angle) - xx * torch.sin(angle)) / stretch
-    rho = torch.sqrt(u * u + v * v)
+    coords = (np.arange(size) + 0.5) / (size / 2.0) - 1.0
+    angle = gen.uniform(0.0, np.pi, (_INK_VARIANTS, 1, 1))
+    stretch = gen.uniform(0.7, 1.0, (_INK_VARIANTS, 1, 1))
+    yy, xx = coords[:, None], coords[None, :]
+    u = xx * np.cos(angle) + yy * np.sin(angle)
+    v = (yy * np.cos(angle) - xx * np.sin(angle)) / stretch
+    rho = np.sqrt(u * u + v * v)
     field = 1.0 - rho
     for scale, amplitude in ((8.0, 0.3), (24.0, 0.1)):
-        noise = torch.from_numpy(gen.standard_normal((_INK_VARIANTS, 1, size, size)))
-        sigma = max(size / scale, 0.5)
-        taps = gaussian_kernel1d(sigma, radius=min(max(1, math.ceil(3 * sigma)), size - 1))
-        noise = separable_conv2d(noise, taps.to(torch.float64), padding_mode="circular")[:, 0]
-        field = field + amplitude * noise / noise.flatten(1).std(dim=1).clamp_min(1e-12)[:, None, None]
+        field += amplitude * _smooth_noise(gen, size, max(size / scale, 0.5))
     masks = (field > 0.2) & (rho < 1.0)
     masks[:, size // 2, size // 2] = True
-    return masks.to(device)
+    return torch.from_numpy(masks).to(device)
 
 
 def scale_ink_size(ink_size: int, factor: float) -> int:
@@ -141,25 +175,45 @@ def scale_ink_size(ink_size: int, factor: float) -> int:
     return max(1, _round_px(ink_size * factor))
 
 
-def scale_stain_deposit(max_marks: int, factor: float) -> int:
-    """The mark count does not depend on the image size; scale the ink with scale_ink_size."""
+def _stain_param(param: int | tuple[int, int], ink_size: int | None) -> tuple[int, int]:
+    """(max marks, ink size) from ``max_marks`` and ``ink_size=``, or a (marks, size) tuple."""
+    if isinstance(param, (tuple, list)):
+        if ink_size is not None:
+            raise ValueError(
+                "give the ink size either in the (max_marks, ink_size) tuple or as ink_size=, "
+                "not both"
+            )
+        param, ink_size = _as_tuple(param, ("max_marks", "ink_size"))
+    ink_size = _DEFAULT_INK_SIZE if ink_size is None else ink_size
+    return _as_int(param, "max_marks", 1), _as_int(ink_size, "ink_size", 1)
+
+
+def scale_stain_deposit(param: int | tuple[int, int], factor: float) -> int | tuple[int, int]:
+    """The mark count does not depend on the image size; a (marks, ink size) tuple's ink scales."""
     _as_positive_float(factor, "factor")
-    return _as_int(max_marks, "max_marks", 1)
+    max_marks, ink_size = _stain_param(param, None)
+    if isinstance(param, (tuple, list)):
+        return max_marks, scale_ink_size(ink_size, factor)
+    return max_marks
 
 
 def stain_deposit(
-    images: torch.Tensor, max_marks: int, *, rng: ImageRandom, ink_size: int = 24
+    images: torch.Tensor,
+    max_marks: int | tuple[int, int],
+    *,
+    rng: ImageRandom,
+    ink_size: int | None = None,
 ) -> torch.Tensor:
     """Black ink blots (microscopy slide stains): pixels under 1..max_marks blobs are set to 0.
 
-    Each image gets n ~ U{1..max_marks} blobs of ``ink_size`` px (STAIN_INK_SIZES[k-1] at severity
-    k, 224 px), each one of ten fixed shapes, with its top-left corner uniform such that a margin of
-    10 px (at 224) is kept. Blobs larger than the image are cropped.
+    Each image gets n ~ U{1..max_marks} blobs of ``ink_size`` px (default 24; STAIN_INK_SIZES[k-1]
+    at severity k, 224 px), each one of ten fixed shapes, with its top-left corner uniform such
+    that a margin of 10 px (at 224) is kept. Blobs larger than the image are cropped.
+    ``max_marks`` may also be the tuple (max_marks, ink_size), as suites give it.
     """
     check_images(images)
     _check_rng(rng, images)
-    max_marks = _as_int(max_marks, "max_marks", 1)
-    ink_size = _as_int(ink_size, "ink_size", 1)
+    max_marks, ink_size = _stain_param(max_marks, ink_size)
     n, c, h, w = images.shape
     device = images.device
 
@@ -169,19 +223,24 @@ def stain_deposit(
 
     (y_lo, y_hi), (x_lo, x_hi) = corner_range(h), corner_range(w)
     count = rng.integers(1, max_marks).to(device)
-    shape = rng.integers(0, _INK_VARIANTS - 1, (max_marks,)).to(device)
+    variant = rng.integers(0, _INK_VARIANTS - 1, (max_marks,)).to(device)
     top = rng.integers(y_lo, y_hi, (max_marks,)).to(device)
     left = rng.integers(x_lo, x_hi, (max_marks,)).to(device)
 
-    inks = _ink_masks(ink_size, device)[shape]
-    inks &= (torch.arange(max_marks, device=device) < count[:, None])[:, :, None, None]
-    img, mark, dy, dx = inks.nonzero(as_tuple=True)
-    y, x = top[img, mark] + dy, left[img, mark] + dx
-    inside = (y < h) & (x < w)  # only inks larger than the image stick out
-    pixel = (img * (c * h * w) + y * w + x)[inside]
-    index = (pixel[:, None] + torch.arange(c, device=device) * (h * w)).view(-1)
-    # only covered pixels are written, all with 0: repeated indices are harmless
-    return images.clone().view(-1).index_fill_(0, index, 0).view(n, c, h, w)
+    masks = _ink_masks(ink_size, device)
+    drawn = torch.arange(max_marks, device=device) < count[:, None]
+    out = images.clone(memory_format=torch.contiguous_format)
+    for part in torch.arange(max_marks, device=device).split(_chunk(n * ink_size**2, max_marks)):
+        inks = masks[variant[:, part]] & drawn[:, part, None, None]
+        img, mark, dy, dx = inks.nonzero(as_tuple=True)
+        mark = part[mark]
+        y, x = top[img, mark] + dy, left[img, mark] + dx
+        inside = (y < h) & (x < w)  # only inks larger than the image stick out
+        pixel = (img * (c * h * w) + y * w + x)[inside]
+        index = (pixel[:, None] + torch.arange(c, device=device) * (h * w)).view(-1)
+        # only covered pixels are written, all with 0: repeated indices are harmless
+        out.view(-1).index_fill_(0, index, 0)
+    return out
 
 
 # ----------------------------------------------------------------------------- bubble
@@ -222,7 +281,8 @@ def _bubble_code_map(
 
     0 = no bubble; 2 * (b + 1) + 1 = interior of bubble b, 2 * (b + 1) = its rim. PIL overwrites
     the overlay, so the last bubble drawn that covers a pixel wins: the largest code does.
-    Each bubble is a (2 reach + 1)^2 patch scattered with ``amax`` into a padded canvas.
+    Each bubble is a (2 reach + 1)^2 patch scattered with ``amax`` into a padded canvas, in
+    chunks of bubbles that bound the memory (amax does not depend on the order).
     """
     n, b = radius.shape
     dtype = torch.uint8 if 2 * b + 1 <= 255 else torch.int16  # smallest canvas that holds codes
@@ -237,13 +297,15 @@ def _bubble_code_map(
     half_outer = torch.where(valid[..., None], table[radius + rim][:, :, dist], outside)
     half_inner = torch.where(valid[..., None], table[radius][:, :, dist], outside)
     order = 2 * torch.arange(1, b + 1, device=device, dtype=dtype)[:, None, None]
-    code = (dist <= half_outer[..., None]).to(dtype) * order
-    code += dist <= half_inner[..., None]
     ph, pw = height + 2 * reach, width + 2 * reach
-    index = ((centre_y + reach) * pw + centre_x + reach)[:, :, None, None]
-    index = index + offsets[:, None] * pw + offsets
+    corner = (centre_y + reach) * pw + centre_x + reach
+    patch = offsets[:, None] * pw + offsets
     canvas = torch.zeros(n, ph * pw, dtype=dtype, device=device)
-    canvas.scatter_reduce_(1, index.view(n, -1), code.view(n, -1), "amax")
+    for part in torch.arange(b, device=device).split(_chunk(n * patch.numel(), b)):
+        code = (dist <= half_outer[:, part, :, None]).to(dtype) * order[part]
+        code += dist <= half_inner[:, part, :, None]
+        index = corner[:, part, None, None] + patch
+        canvas.scatter_reduce_(1, index.flatten(1), code.flatten(1), "amax")
     canvas = canvas.view(n, ph, pw)[:, reach : reach + height, reach : reach + width]
     return canvas.reshape(n, height * width)
 
@@ -254,23 +316,16 @@ def _composite_bubbles(
 ) -> torch.Tensor:
     """Paste white bubbles (N, B geometry) like PIL ``paste(overlay, mask=overlay)``, exactly.
 
-    PIL's blend is round((p * (255 - a) + 255 * a) / 255); only covered pixels are touched,
-    through flat indices (much faster than multi-dimensional advanced indexing).
+    PIL's blend is round((p * (255 - a) + 255 * a) / 255); only covered pixels are touched.
     """
     _, c, h, w = images.shape
     code = _bubble_code_map(h, w, centre_y, centre_x, radius, valid, rim, max_radius).view(-1)
     covered = code.nonzero().squeeze(1)
     interior = (code.index_select(0, covered) & 1).bool()
-    alpha = torch.where(interior, float(_BUBBLE_ALPHA_INNER), float(_BUBBLE_ALPHA_RIM))[:, None]
-    index = covered
-    if c > 1:
-        index = index + torch.div(covered, h * w, rounding_mode="floor") * ((c - 1) * h * w)
-        index = (index[:, None] + torch.arange(c, device=images.device) * (h * w)).view(-1)
-    out = images.clone()
-    flat = out.view(-1)
-    pixels = flat.index_select(0, index).view(-1, c).to(torch.float32)
-    blended = torch.addcmul(alpha + 0.5, pixels, (255.0 - alpha) / 255.0).to(torch.uint8)
-    flat.index_copy_(0, index, blended.view(-1))
+    alpha = torch.where(interior, _BUBBLE_ALPHA_INNER / 255.0, _BUBBLE_ALPHA_RIM / 255.0)
+    first_channel = covered + torch.div(covered, h * w, rounding_mode="floor") * ((c - 1) * h * w)
+    out = images.clone(memory_format=torch.contiguous_format)
+    _blend_pixels(out, first_channel, 255.0, alpha[:, None])
     return out
 
 
@@ -399,7 +454,7 @@ def _draw_words(images: torch.Tensor, words: list[list[Word]]) -> torch.Tensor:
     """
     n, c, h, w = images.shape
     device = images.device
-    out = images.clone()
+    out = images.clone(memory_format=torch.contiguous_format)
     slots = max((len(ws) for ws in words), default=0)
     if slots == 0:
         return out
@@ -429,11 +484,9 @@ def _draw_words(images: torch.Tensor, words: list[list[Word]]) -> torch.Tensor:
         keep = (alpha_all[j] > 0) & ((ys >= 0) & (ys < h))[:, :, None]
         keep &= ((xs >= 0) & (xs < w))[:, None, :]
         img, py, px = keep.nonzero(as_tuple=True)
-        y, x = ys[img, py], xs[img, px]
+        first_channel = img * (c * h * w) + ys[img, py] * w + xs[img, px]
         alpha = alpha_all[j, img, py, px].to(torch.float32)[:, None] / 255.0
-        pixels = out[img, :, y, x].to(torch.float32)
-        blended = pixels + (colour_all[j, img] - pixels) * alpha + 0.5
-        out[img, :, y, x] = blended.to(torch.uint8)
+        _blend_pixels(out, first_channel, colour_all[j, img], alpha)
     return out
 
 
@@ -468,7 +521,8 @@ def characters(
 
     count = rng.integers(1, max_words).tolist()
     n_letters = rng.integers(min(_MIN_LETTERS, letters_hi), letters_hi, (max_words,))
-    scale_steps = rng.integers(min(_MIN_FONT_SCALE_STEPS, scale_hi), scale_hi, (max_words,)).tolist()
+    scale_lo = min(_MIN_FONT_SCALE_STEPS, scale_hi)
+    scale_steps = rng.integers(scale_lo, scale_hi, (max_words,)).tolist()
     letters = rng.integers(0, 25, (max_words, letters_hi)).tolist()
     colour = rng.integers(0, 255, (max_words, 3)).tolist()
     x = _uniform_int(rng.uniform((max_words,)), margin_x, w - letter_width * n_letters).tolist()

@@ -1,0 +1,284 @@
+"""The evaluation grid: models x datasets x (clean + corruptions x severities).
+
+Each cell is scored independently and recorded in the run's :class:`ResultsStore`; finished
+cells are skipped, so re-running a command resumes it, and several processes can share a
+grid (a cell is claimed before it is computed). Images are corrupted on the fly with the
+corruption engine on the model's device, or read from a generated benchmark folder. A
+background thread prepares the next batch while the model scores the current one.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..corruptions import CorruptedDataset, Suite, get_suite
+from ..data import ImageDataset, open_dataset
+from ..data.layouts import (
+    IncompleteBenchmarkError,
+    medmnist_c_path,
+    read_medimeta_c,
+    read_medmnist_c,
+    require_medimeta_c,
+)
+from ..models import ModelAdapter, create_model
+from .metrics import cell_metrics
+from .store import CellKey, ResultsStore
+from .zeroshot import ZeroShotClassifier
+
+__all__ = ["CLEAN", "Cell", "GridSpec", "RunSummary", "run_grid"]
+
+CLEAN = "clean"
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """What to evaluate. Models are registry names (or ready adapters), datasets are names
+    that :func:`medrobust.data.open_dataset` resolves (or ready :class:`ImageDataset`s)."""
+
+    models: Sequence[str | ModelAdapter]
+    datasets: Sequence[str | ImageDataset]
+    suite: str = "medmnist-c"
+    corruptions: Sequence[str] | None = None
+    severities: Sequence[int] = (1, 2, 3, 4, 5)
+    split: str = "test"
+    seed: int = 0
+    templates: str | Sequence[str] | None = None
+    benchmark_dir: Path | None = None
+    layout: str = "medimeta-c"
+    batch_size: int = 128
+    device: str = "cpu"
+    precision: str = "auto"
+    data_root: Path | None = None
+    size: int = 28
+    resize: bool = True
+    pretrained: bool = True
+    limit: int | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Cell:
+    corruption: str
+    severity: int
+
+
+@dataclass
+class RunSummary:
+    computed: int = 0
+    skipped: int = 0
+    busy: int = 0
+    seconds: float = 0.0
+    images: int = 0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+
+def _precision(spec: GridSpec, device: torch.device) -> str:
+    if spec.precision != "auto":
+        return spec.precision
+    return "bf16" if device.type == "cuda" else "fp32"
+
+
+def _suite_for(spec: GridSpec, dataset: ImageDataset) -> Suite:
+    name = spec.suite
+    suite = get_suite(name, dataset.name if name == "medmnist-c" else None)
+    return suite.select(spec.corruptions)
+
+
+def _cells(suite: Suite, severities: Sequence[int]) -> list[Cell]:
+    return [Cell(CLEAN, 0)] + [Cell(c, s) for c in suite.corruptions for s in severities]
+
+
+def _open_dataset(spec: GridSpec, item: str | ImageDataset) -> ImageDataset:
+    dataset = item if isinstance(item, ImageDataset) else open_dataset(
+        item, split=spec.split, size=spec.size, root=spec.data_root
+    )
+    if spec.limit is not None:
+        dataset = dataset.subset(range(min(spec.limit, len(dataset))))
+    return dataset
+
+
+class _Source:
+    """Where a cell's images come from: the engine on the fly, or a benchmark folder."""
+
+    def __init__(self, spec: GridSpec, dataset: ImageDataset, suite: Suite, device: torch.device):
+        self.spec, self.dataset, self.suite, self.device = spec, dataset, suite, device
+        self.root = Path(spec.benchmark_dir) if spec.benchmark_dir else None
+        if self.root is not None:
+            self._check_complete()
+
+    def describe(self) -> str:
+        return f"benchmark:{self.spec.layout}:{self.root}" if self.root else "on-the-fly"
+
+    def _check_complete(self) -> None:
+        name, split = self.dataset.name, self.dataset.split
+        if self.spec.layout == "medimeta-c":
+            require_medimeta_c(self.root, name, split, self.suite.corruptions, self.spec.severities)
+            return
+        missing = [str(medmnist_c_path(self.root, name, c)) for c in self.suite.corruptions
+                   if not medmnist_c_path(self.root, name, c).is_file()]
+        if missing:
+            raise IncompleteBenchmarkError(
+                f"benchmark folder {self.root} lacks {len(missing)} file(s): {', '.join(missing)}"
+            )
+
+    def batches(self, cell: Cell) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(uint8 images on the device, labels) for the cell."""
+        bs = self.spec.batch_size
+        if self.root is None:
+            view = CorruptedDataset(
+                self.dataset, self.suite, None if cell.corruption == CLEAN else cell.corruption,
+                cell.severity or None, seed=self.spec.seed, resize=self.spec.resize,
+            )
+            for _, images, labels in view.iter_batches(bs, self.device):
+                yield images, labels
+            return
+        stored = self._stored(cell)
+        if self.spec.limit is not None:
+            stored = stored.subset(range(min(self.spec.limit, len(stored))))
+        for _, images, labels in stored.iter_batches(bs):
+            yield images.to(self.device), labels
+
+    def _stored(self, cell: Cell) -> ImageDataset:
+        name, split = self.dataset.name, self.dataset.split
+        if self.spec.layout == "medimeta-c":
+            corruption = None if cell.corruption == CLEAN else cell.corruption
+            return read_medimeta_c(self.root, name, split, corruption, cell.severity or None)
+        if cell.corruption == CLEAN:
+            clean = medmnist_c_path(self.root, name, CLEAN)
+            return read_medmnist_c(self.root, name, CLEAN, 1) if clean.is_file() else self.dataset
+        return read_medmnist_c(self.root, name, cell.corruption, cell.severity)
+
+
+def _prefetch(iterable: Iterable[Any], depth: int = 2) -> Iterator[Any]:
+    """Run ``iterable`` in a background thread, ``depth`` items ahead (errors re-raised)."""
+    buffer: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in iterable:
+                if stop.is_set():
+                    return
+                buffer.put(item)
+            buffer.put(done)
+        except BaseException as exc:  # handed to the consumer
+            buffer.put(exc)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        while (item := buffer.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                buffer.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)
+
+
+def score_cell(
+    classifier: ZeroShotClassifier, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities (N, K) and labels (N,) of every batch, streamed."""
+    probs, labels = [], []
+    for images, y in _prefetch(batches):
+        probs.append(classifier.predict_batch(images).probabilities.float().cpu().numpy())
+        labels.append(np.asarray(y))
+    return np.concatenate(probs), np.concatenate(labels)
+
+
+def run_grid(
+    spec: GridSpec,
+    run_dir: str | Path,
+    *,
+    progress: bool = True,
+    model_factory: Callable[..., ModelAdapter] = create_model,
+    log: Callable[[str], None] = print,
+) -> RunSummary:
+    """Evaluate every cell of ``spec`` not yet in ``run_dir``'s store."""
+    device = torch.device(spec.device)
+    summary = RunSummary()
+    datasets = [_open_dataset(spec, d) for d in spec.datasets]
+    with ResultsStore(run_dir) as store:
+        for model_item in spec.models:
+            model = model_item if isinstance(model_item, ModelAdapter) else model_factory(
+                model_item, pretrained=spec.pretrained, device=device, **spec.model_kwargs
+            )
+            model.to(device).eval()
+            for dataset in datasets:
+                suite = _suite_for(spec, dataset)
+                source = _Source(spec, dataset, suite, device)
+                classifier = ZeroShotClassifier(
+                    model, dataset.class_names, spec.templates, dataset.modality,
+                    precision=_precision(spec, device),
+                )
+                cells = _cells(suite, spec.severities)
+                bar = tqdm(cells, desc=f"{model.name} / {dataset.name}", unit="cell", disable=not progress)
+                for cell in bar:
+                    key = _cell_key(spec, model, dataset, suite, cell, classifier, source)
+                    if store.is_done(key):
+                        summary.skipped += 1
+                        continue
+                    if not store.claim(key):
+                        summary.busy += 1
+                        continue
+                    try:
+                        start = time.perf_counter()
+                        probs, labels = score_cell(classifier, source.batches(cell))
+                        seconds = time.perf_counter() - start
+                        metrics = cell_metrics(probs, labels, dataset.task)
+                        store.add(key, metrics, probs, labels, seconds=seconds)
+                    except BaseException:
+                        store.release(key)
+                        raise
+                    summary.computed += 1
+                    summary.seconds += seconds
+                    summary.images += len(labels)
+                    bar.set_postfix(acc=f"{metrics['accuracy']:.3f}")
+    return summary
+
+
+def _cell_key(
+    spec: GridSpec,
+    model: ModelAdapter,
+    dataset: ImageDataset,
+    suite: Suite,
+    cell: Cell,
+    classifier: ZeroShotClassifier,
+    source: _Source,
+) -> CellKey:
+    params = None if cell.corruption == CLEAN else suite[cell.corruption].params[cell.severity - 1]
+    config = {
+        "prompts": classifier.prompts,
+        "class_names": list(dataset.class_names),
+        "preprocess": model.preprocess.to_dict(),
+        "source": source.describe(),
+        "dataset_source": str(dataset.source),
+        "n_images": len(dataset),
+        "resize": suite.reference_size if spec.resize else None,
+        "corruption_function": None if params is None else suite[cell.corruption].function,
+        "corruption_params": params,
+        "precision": classifier.precision,
+        "code_version": __version__,
+    }
+    return CellKey(model.name, model.weights_hash, dataset.name, dataset.split, cell.corruption,
+                   cell.severity, spec.seed, suite.name, config)

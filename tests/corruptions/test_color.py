@@ -1,0 +1,269 @@
+"""Colour corruptions: bit-exact parity with PIL / torchvision / scikit-image and ImageNet-C."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import skimage.color
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image, ImageEnhance
+
+from medrobust.corruptions.functional.color import (
+    brightness,
+    brightness_hsv,
+    contrast,
+    contrast_mean,
+    gamma,
+    saturate,
+    saturate_hsv,
+)
+
+# every per-severity value the references use (MedMNIST-C tables, ImageNet-C lists)
+BRIGHTNESS = (0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 1.1, 1.2, 1.25, 1.3, 1.5, 1.7)
+CONTRAST = (0.4, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9, 1.1, 1.2, 1.3, 1.4, 1.6, 1.8)
+GAMMA = (0.4, 0.6, 0.7, 0.8, 0.9, 1.3, 1.4, 1.6, 1.8, 2.0)
+SATURATE = (0.05, 0.1, 0.15, 0.17, 0.2, 0.25)
+BRIGHTNESS_HSV = (0.1, 0.2, 0.3, 0.4, 0.5)
+CONTRAST_MEAN = (0.4, 0.3, 0.2, 0.1, 0.05)
+SATURATE_HSV = ((0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (20, 0.2))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors on a shared 2-core machine: a second intra-op thread only adds contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def nchw(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W) or (N, H, W, 3) uint8 numpy -> (N, C, H, W) tensor."""
+    t = torch.from_numpy(np.ascontiguousarray(images))
+    return t[:, None].contiguous() if t.ndim == 3 else t.permute(0, 3, 1, 2).contiguous()
+
+
+def numpy_images(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) tensor -> (N, H, W) or (N, H, W, 3) numpy."""
+    return images[:, 0].numpy() if images.shape[1] == 1 else images.permute(0, 2, 3, 1).numpy()
+
+
+def upsample(images: np.ndarray, size: int = 224) -> np.ndarray:
+    """PIL bicubic resize, as MedMNIST+ 224 px images are made."""
+    return np.stack([np.asarray(Image.fromarray(i).resize((size, size), Image.BICUBIC)) for i in images])
+
+
+def pipeline(images: np.ndarray, corrupt) -> np.ndarray:
+    """The MedMNIST-C DatasetManager path: RGB PIL image -> corrupt -> ``convert('L')`` if grey."""
+    out = []
+    for image in images:
+        result = np.asarray(corrupt(Image.fromarray(image).convert("RGB"))).astype(np.uint8)
+        out.append(np.asarray(Image.fromarray(result).convert("L")) if image.ndim == 2 else result)
+    return np.stack(out)
+
+
+def skimage_hsv(adjust):
+    """A reference corruption on an RGB PIL image through skimage's HSV, truncated to uint8."""
+
+    def corrupt(image: Image.Image) -> np.ndarray:
+        hsv = skimage.color.rgb2hsv(np.asarray(image) / 255.0)
+        adjust(hsv)
+        return (np.clip(skimage.color.hsv2rgb(hsv), 0, 1) * 255).astype(np.uint8)
+
+    return corrupt
+
+
+def medmnistc_saturate(delta: float):
+    def adjust(hsv: np.ndarray) -> None:
+        hsv[..., 1] = np.clip(hsv[..., 1] + delta, 0, 1)
+
+    return skimage_hsv(adjust)
+
+
+def imagenetc_brightness(c: float):
+    def adjust(hsv: np.ndarray) -> None:
+        hsv[..., 2] = np.clip(hsv[..., 2] + c, 0, 1)
+
+    return skimage_hsv(adjust)
+
+
+def imagenetc_saturate(c: tuple[float, float]):
+    def adjust(hsv: np.ndarray) -> None:
+        hsv[..., 1] = np.clip(hsv[..., 1] * c[0] + c[1], 0, 1)
+
+    return skimage_hsv(adjust)
+
+
+def imagenetc_contrast(c: float):
+    def corrupt(image: Image.Image) -> np.ndarray:
+        x = np.asarray(image) / 255.0
+        means = np.mean(x, axis=(0, 1), keepdims=True)
+        return (np.clip((x - means) * c + means, 0, 1) * 255).astype(np.uint8)
+
+    return corrupt
+
+
+# (our function, reference corruption factory, parameters)
+CASES = {
+    "brightness": (brightness, lambda f: lambda im: ImageEnhance.Brightness(im).enhance(f), BRIGHTNESS),
+    "contrast": (contrast, lambda f: lambda im: ImageEnhance.Contrast(im).enhance(f), CONTRAST),
+    "gamma": (gamma, lambda g: lambda im: TF.adjust_gamma(im, g, gain=1), GAMMA),
+    "saturate": (saturate, medmnistc_saturate, SATURATE),
+    "brightness_hsv": (brightness_hsv, imagenetc_brightness, BRIGHTNESS_HSV),
+    "contrast_mean": (contrast_mean, imagenetc_contrast, CONTRAST_MEAN),
+    "saturate_hsv": (saturate_hsv, imagenetc_saturate, SATURATE_HSV),
+}
+ALL = [(fn, params) for fn, _, params in CASES.values()]
+
+
+def edge_colours() -> np.ndarray:
+    """Every RGB combination of levels where HSV ties and clipping happen, as a 6 x 36 image."""
+    levels = (0, 1, 127, 128, 254, 255)
+    return np.array(list(itertools.product(levels, repeat=3)), dtype=np.uint8).reshape(1, 6, 36, 3)
+
+
+@pytest.fixture(scope="module")
+def image_sets(breast_images, retina_images, shared_data) -> dict[str, np.ndarray]:
+    """Real grey and RGB images at 28 and 224 px, H&E colours, and synthetic edge cases."""
+    with np.load(shared_data / "medmnist-subsets" / "pathmnist.npz") as f:
+        pathology = f["test_images"][:4].copy()
+    rng = np.random.default_rng(0)
+    ramp = np.arange(256, dtype=np.uint8).reshape(1, 8, 32)
+    return {
+        "grey28": breast_images,
+        "rgb28": retina_images,
+        "grey224": upsample(breast_images[:2]),
+        "rgb224": upsample(retina_images[:2]),
+        "pathology28": pathology,
+        "ramp": ramp,
+        "edges": edge_colours(),
+        "random": rng.integers(0, 256, (2, 19, 23, 3), dtype=np.uint8),
+    }
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_matches_reference(name: str, image_sets: dict[str, np.ndarray]) -> None:
+    """Every severity on real and synthetic images, grey and RGB: identical bytes.
+
+    Grey images go through the reference's grey -> RGB -> corrupt -> ``convert('L')``. The one
+    exception is ``contrast_mean``: NumPy's float64 mean of ``x / 255`` carries summation-order
+    rounding, which flips the truncation of values that are exact integers (a grey ramp at
+    c = 0.2 has many); we use the exactly rounded mean, so those differ by one level.
+    """
+    fn, reference, params = CASES[name]
+    for (set_name, images), param in itertools.product(image_sets.items(), params):
+        ours = numpy_images(fn(nchw(images), param))
+        expected = pipeline(images, reference(param))
+        diff = np.abs(ours.astype(int) - expected)
+        message = f"{set_name} {param}: mean |diff| {diff.mean():.4f}, max {diff.max()}"
+        if fn is contrast_mean and set_name in ("ramp", "edges"):
+            assert diff.max() <= 1 and diff.mean() < 0.25, message
+        else:
+            assert diff.max() == 0, message
+
+
+@pytest.mark.parametrize(
+    ("fn", "params"),
+    [
+        (brightness, (0.9, 0.8, 0.7, 0.6, 0.5)),
+        (brightness, (1.1, 1.2, 1.3, 1.4, 1.5)),
+        (contrast, (0.9, 0.8, 0.7, 0.6, 0.4)),
+        (contrast, (1.1, 1.2, 1.3, 1.4, 1.6)),
+        (gamma, (0.9, 0.8, 0.7, 0.6, 0.4)),
+        (gamma, (1.3, 1.4, 1.6, 1.8, 2.0)),
+        (saturate, (0.05, 0.1, 0.15, 0.2, 0.25)),
+        (brightness_hsv, BRIGHTNESS_HSV),
+        (contrast_mean, CONTRAST_MEAN),
+        (saturate_hsv, ((5, 0.1), (20, 0.2))),
+    ],
+)
+def test_severity_is_monotone(fn, params, image_sets: dict[str, np.ndarray]) -> None:
+    for set_name in ("grey224", "rgb224"):
+        clean = nchw(image_sets[set_name])
+        change = [(fn(clean, p).float() - clean.float()).abs().mean().item() for p in params]
+        assert all(a < b for a, b in itertools.pairwise(change)), (set_name, change)
+
+
+def test_grey_saturate_tints_like_the_reference(breast_images: np.ndarray) -> None:
+    """Grey pixels have hue 0 (red): more saturation darkens their luminance, never identity."""
+    grey = nchw(breast_images)
+    bright = grey >= 64
+    for delta in SATURATE:
+        out = saturate(grey, delta)
+        assert (out[bright] < grey[bright]).all()
+    assert torch.equal(saturate(grey, 0.0), grey)
+    assert torch.equal(saturate_hsv(grey, (2.0, 0.0)), grey)  # S = 0 stays 0: no tint
+    assert (saturate_hsv(grey, (5, 0.1))[bright] < grey[bright]).all()
+
+
+def test_grey_brightness_hsv_is_imagenetc_2d_path(breast_images: np.ndarray) -> None:
+    """ImageNet-C brightens a 2-D grey image with ``clip(x + c)``: the same bytes."""
+    for c in BRIGHTNESS_HSV:
+        expected = (np.clip(breast_images / 255.0 + c, 0, 1) * 255).astype(np.uint8)
+        np.testing.assert_array_equal(numpy_images(brightness_hsv(nchw(breast_images), c)), expected)
+
+
+def test_contrast_mean_uses_one_mean_per_channel() -> None:
+    """ImageNet-C averages over (H, W) only: a constant channel stays constant at its level."""
+    image = np.zeros((1, 8, 8, 3), dtype=np.uint8)
+    image[..., 0] = 200
+    image[..., 1] = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    out = numpy_images(contrast_mean(nchw(image), 0.1))
+    assert (out[..., 0] == 200).all()  # one mean over all channels would pull it towards ~110
+    assert out[..., 1].max() - out[..., 1].min() < 10
+
+
+@pytest.mark.parametrize(("fn", "params"), ALL)
+@pytest.mark.parametrize("shape", [(3, 1, 28, 28), (2, 3, 28, 28), (1, 1, 224, 224), (1, 3, 224, 160)])
+def test_shape_dtype_kept_and_input_untouched(fn, params, shape) -> None:
+    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    before = images.clone()
+    out = fn(images, params[-1])
+    assert out.shape == images.shape and out.dtype == torch.uint8 and out.device == images.device
+    assert torch.equal(images, before)
+
+
+@pytest.mark.parametrize(("fn", "params"), ALL)
+def test_empty_batch(fn, params) -> None:
+    for channels in (1, 3):
+        empty = torch.zeros(0, channels, 28, 28, dtype=torch.uint8)
+        assert fn(empty, params[0]).shape == empty.shape
+
+
+@pytest.mark.parametrize(("fn", "params"), ALL)
+def test_batch_invariance(fn, params, retina_images: np.ndarray) -> None:
+    """Per-image statistics (contrast means) must not leak between images of a batch."""
+    images = nchw(retina_images)
+    batched = fn(images, params[2])
+    one_by_one = torch.cat([fn(images[i : i + 1], params[2]) for i in range(len(images))])
+    assert torch.equal(batched, one_by_one)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(("fn", "params"), ALL)
+def test_cuda_matches_cpu(fn, params, retina_images: np.ndarray, breast_images: np.ndarray) -> None:
+    for images in (nchw(retina_images), nchw(breast_images)):
+        out = fn(images.cuda(), params[2])
+        assert out.device.type == "cuda"
+        assert torch.equal(out.cpu(), fn(images, params[2]))
+
+
+def test_bad_input_is_rejected() -> None:
+    grey = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+    with pytest.raises(TypeError, match="uint8"):
+        brightness(grey.float(), 1.2)
+    with pytest.raises(ValueError, match="C = 1 or 3"):
+        contrast(torch.zeros(1, 2, 8, 8, dtype=torch.uint8), 1.2)
+    with pytest.raises(ValueError, match="factor must be >= 0"):
+        brightness(grey, -0.5)
+    with pytest.raises(ValueError, match="finite"):
+        gamma(grey, float("nan"))
+    with pytest.raises(TypeError, match="real number"):
+        saturate(grey, "0.1")
+    with pytest.raises(TypeError, match="pair"):
+        saturate_hsv(grey, 0.1)
+    with pytest.raises(ValueError, match="a must be >= 0"):
+        saturate_hsv(grey, (-1, 0.1))

@@ -1,0 +1,100 @@
+"""The evaluation grid on a tiny model and real images: cells, resume, sources, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medrobust.corruptions import get_suite
+from medrobust.corruptions.generate import generate_benchmark
+from medrobust.data import IncompleteBenchmarkError, load_medmnist
+from medrobust.evaluation import GridSpec, ResultsStore, ZeroShotClassifier, run_grid
+from medrobust.evaluation.metrics import accuracy
+from medrobust.models import create_model
+
+
+@pytest.fixture(scope="module")
+def tiny_clip():
+    return create_model("clip-vit-b16", pretrained=False, tiny=True)
+
+
+@pytest.fixture(scope="module")
+def breast(shared_data):
+    return load_medmnist("breastmnist", root=shared_data, download=False).subset(range(24))
+
+
+def _spec(model, dataset, **kw):
+    base = dict(models=[model], datasets=[dataset], corruptions=["pixelate", "speckle_noise"],
+                severities=(1, 5), batch_size=10)
+    base.update(kw)
+    return GridSpec(**base)
+
+
+def test_grid_cells_metrics_and_resume(tiny_clip, breast, tmp_path):
+    summary = run_grid(_spec(tiny_clip, breast), tmp_path, progress=False)
+    assert summary.computed == 5 and summary.images == 5 * 24
+    with ResultsStore(tmp_path) as store:
+        rows = store.rows()
+        assert sorted((r["corruption"], r["severity"]) for r in rows) == [
+            ("clean", 0), ("pixelate", 1), ("pixelate", 5), ("speckle_noise", 1), ("speckle_noise", 5)]
+        for row in rows:
+            probs, labels = store.predictions(row)
+            assert probs.shape == (24, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+            assert row["accuracy"] == pytest.approx(accuracy(probs, labels, task="binary"))
+            np.testing.assert_array_equal(labels, breast.labels)
+    assert tiny_clip.training is False
+    again = run_grid(_spec(tiny_clip, breast), tmp_path, progress=False)
+    assert again.computed == 0 and again.skipped == 5
+
+
+def test_clean_cell_matches_direct_scoring(tiny_clip, breast, tmp_path):
+    run_grid(_spec(tiny_clip, breast, corruptions=[]), tmp_path, progress=False)
+    with ResultsStore(tmp_path) as store:
+        (row,) = store.rows()
+        probs, _ = store.predictions(row)
+    clf = ZeroShotClassifier(tiny_clip, breast.class_names, None, breast.modality)
+    from medrobust.corruptions import prepare_images
+
+    direct = clf.predict_batch(prepare_images(breast.to_tensor(), 224)).probabilities.numpy()
+    np.testing.assert_allclose(probs, direct, atol=1e-5)
+
+
+def test_benchmark_folder_gives_the_same_results_as_on_the_fly(tiny_clip, breast, tmp_path):
+    suite = get_suite("medmnist-c/breastmnist").select(["pixelate", "speckle_noise"])
+    generate_benchmark(breast, suite, tmp_path / "bench", severities=(1, 5), progress=False)
+    run_grid(_spec(tiny_clip, breast), tmp_path / "fly", progress=False)
+    run_grid(_spec(tiny_clip, breast, benchmark_dir=tmp_path / "bench"), tmp_path / "disk", progress=False)
+    with ResultsStore(tmp_path / "fly") as a, ResultsStore(tmp_path / "disk") as b:
+        for ra, rb in zip(a.rows(), b.rows(), strict=True):
+            assert (ra["corruption"], ra["severity"]) == (rb["corruption"], rb["severity"])
+            np.testing.assert_allclose(a.predictions(ra)[0], b.predictions(rb)[0], atol=1e-5)
+
+
+def test_incomplete_benchmark_folder_names_missing_files(tiny_clip, breast, tmp_path):
+    suite = get_suite("medmnist-c/breastmnist").select(["pixelate"])
+    generate_benchmark(breast, suite, tmp_path / "bench", severities=(1,), progress=False)
+    with pytest.raises(IncompleteBenchmarkError, match="speckle_noise_severity_1"):
+        run_grid(_spec(tiny_clip, breast, benchmark_dir=tmp_path / "bench", severities=(1,)),
+                 tmp_path / "run", progress=False)
+
+
+def test_failure_in_a_cell_leaves_no_row(tiny_clip, breast, tmp_path, monkeypatch):
+    import medrobust.evaluation.runner as runner
+
+    calls = {"n": 0}
+    real = runner.score_cell
+
+    def flaky(classifier, batches):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("killed")
+        return real(classifier, batches)
+
+    monkeypatch.setattr(runner, "score_cell", flaky)
+    with pytest.raises(RuntimeError):
+        run_grid(_spec(tiny_clip, breast), tmp_path, progress=False)
+    with ResultsStore(tmp_path) as store:
+        assert [r["corruption"] for r in store.rows()] == ["clean"]
+    monkeypatch.setattr(runner, "score_cell", real)
+    assert run_grid(_spec(tiny_clip, breast), tmp_path, progress=False).computed == 4
