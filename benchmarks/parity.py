@@ -154,20 +154,18 @@ def _coverage_keys(colour: str, kind: str, params: Any) -> tuple[tuple[str, ...]
     return (colour, kind), (colour, kind, json.dumps(to_jsonable(params)))
 
 
-def _suite_names(suite: str, fallback: Sequence[str]) -> list[str]:
+def _suite_names(suite: str, reference_names: Sequence[str]) -> list[str]:
+    """Our suite's corruption names, plus (ImageNet-C) any the reference has and we lack."""
     try:
         from medrobust.corruptions import get_suite
 
-        return list(get_suite(suite).entries)
-    except Exception:  # our side unavailable: the reference's names (medimeta-c: none known)
-        return list(fallback) if suite == "imagenet-c" else []
+        ours = list(get_suite(suite).entries)
+    except Exception:  # our side unavailable: the reference's names only
+        ours = []
+    return list(dict.fromkeys([*ours, *(reference_names if suite == "imagenet-c" else [])]))
 
 
 # ------------------------------------------------------------------ our entries and the plan
-
-
-def _skey(case: Case) -> tuple[str, str, str]:
-    return case.suite, case.param_dataset or "", case.corruption
 
 
 def attach_entries(cases: Sequence[Case]) -> None:

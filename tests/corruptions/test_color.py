@@ -53,7 +53,9 @@ def numpy_images(images: torch.Tensor) -> np.ndarray:
 
 def upsample(images: np.ndarray, size: int = 224) -> np.ndarray:
     """PIL bicubic resize, as MedMNIST+ 224 px images are made."""
-    return np.stack([np.asarray(Image.fromarray(i).resize((size, size), Image.BICUBIC)) for i in images])
+    return np.stack(
+        [np.asarray(Image.fromarray(i).resize((size, size), Image.BICUBIC)) for i in images]
+    )
 
 
 def pipeline(images: np.ndarray, corrupt) -> np.ndarray:
@@ -108,7 +110,11 @@ def imagenetc_contrast(c: float):
 
 # (our function, reference corruption factory, parameters)
 CASES = {
-    "brightness": (brightness, lambda f: lambda im: ImageEnhance.Brightness(im).enhance(f), BRIGHTNESS),
+    "brightness": (
+        brightness,
+        lambda f: lambda im: ImageEnhance.Brightness(im).enhance(f),
+        BRIGHTNESS,
+    ),
     "contrast": (contrast, lambda f: lambda im: ImageEnhance.Contrast(im).enhance(f), CONTRAST),
     "gamma": (gamma, lambda g: lambda im: TF.adjust_gamma(im, g, gain=1), GAMMA),
     "saturate": (saturate, medmnistc_saturate, SATURATE),
@@ -203,7 +209,9 @@ def test_grey_brightness_hsv_is_imagenetc_2d_path(breast_images: np.ndarray) -> 
     """ImageNet-C brightens a 2-D grey image with ``clip(x + c)``: the same bytes."""
     for c in BRIGHTNESS_HSV:
         expected = (np.clip(breast_images / 255.0 + c, 0, 1) * 255).astype(np.uint8)
-        np.testing.assert_array_equal(numpy_images(brightness_hsv(nchw(breast_images), c)), expected)
+        np.testing.assert_array_equal(
+            numpy_images(brightness_hsv(nchw(breast_images), c)), expected
+        )
 
 
 def test_contrast_mean_uses_one_mean_per_channel() -> None:
@@ -217,9 +225,13 @@ def test_contrast_mean_uses_one_mean_per_channel() -> None:
 
 
 @pytest.mark.parametrize(("fn", "params"), ALL)
-@pytest.mark.parametrize("shape", [(3, 1, 28, 28), (2, 3, 28, 28), (1, 1, 224, 224), (1, 3, 224, 160)])
+@pytest.mark.parametrize(
+    "shape", [(3, 1, 28, 28), (2, 3, 28, 28), (1, 1, 224, 224), (1, 3, 224, 160)]
+)
 def test_shape_dtype_kept_and_input_untouched(fn, params, shape) -> None:
-    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    images = torch.randint(
+        0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
+    )
     before = images.clone()
     out = fn(images, params[-1])
     assert out.shape == images.shape and out.dtype == torch.uint8 and out.device == images.device

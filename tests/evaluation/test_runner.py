@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
-import torch
 
 from medrobust.corruptions import get_suite
 from medrobust.corruptions.generate import generate_benchmark
@@ -60,6 +61,17 @@ def test_clean_cell_matches_direct_scoring(tiny_clip, breast, tmp_path):
     np.testing.assert_allclose(probs, direct, atol=1e-5)
 
 
+def test_several_models_share_each_cell_and_resume_per_model(tiny_clip, breast, tmp_path):
+    other = create_model("clip-vit-b16", pretrained=False, tiny=True, seed=1)
+    other_name = "clip-vit-b16-seed1"
+    other.info = dataclasses.replace(other.info, name=other_name)
+    run_grid(_spec(tiny_clip, breast), tmp_path, progress=False)
+    summary = run_grid(_spec(tiny_clip, breast, models=[tiny_clip, other]), tmp_path, progress=False)
+    assert summary.skipped == 5 and summary.computed == 5
+    with ResultsStore(tmp_path) as store:
+        assert len(store.rows(model=other_name)) == 5
+
+
 def test_benchmark_folder_gives_the_same_results_as_on_the_fly(tiny_clip, breast, tmp_path):
     suite = get_suite("medmnist-c/breastmnist").select(["pixelate", "speckle_noise"])
     generate_benchmark(breast, suite, tmp_path / "bench", severities=(1, 5), progress=False)
@@ -85,11 +97,11 @@ def test_failure_in_a_cell_leaves_no_row(tiny_clip, breast, tmp_path, monkeypatc
     calls = {"n": 0}
     real = runner.score_cell
 
-    def flaky(classifier, batches):
+    def flaky(classifiers, batches):
         calls["n"] += 1
         if calls["n"] == 2:
             raise RuntimeError("killed")
-        return real(classifier, batches)
+        return real(classifiers, batches)
 
     monkeypatch.setattr(runner, "score_cell", flaky)
     with pytest.raises(RuntimeError):

@@ -196,14 +196,19 @@ def _prefetch(iterable: Iterable[Any], depth: int = 2) -> Iterator[Any]:
 
 
 def score_cell(
-    classifier: ZeroShotClassifier, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities (N, K) and labels (N,) of every batch, streamed."""
-    probs, labels = [], []
+    classifiers: Sequence[ZeroShotClassifier], batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Probabilities (N, K) of each classifier and the labels (N,), streamed.
+
+    The images of a cell are produced (read or corrupted) once and scored by every model.
+    """
+    probs: list[list[np.ndarray]] = [[] for _ in classifiers]
+    labels = []
     for images, y in _prefetch(batches):
-        probs.append(classifier.predict_batch(images).probabilities.float().cpu().numpy())
+        for out, classifier in zip(probs, classifiers, strict=True):
+            out.append(classifier.predict_batch(images).probabilities.float().cpu().numpy())
         labels.append(np.asarray(y))
-    return np.concatenate(probs), np.concatenate(labels)
+    return [np.concatenate(p) for p in probs], np.concatenate(labels)
 
 
 def run_grid(
@@ -212,48 +217,61 @@ def run_grid(
     *,
     progress: bool = True,
     model_factory: Callable[..., ModelAdapter] = create_model,
-    log: Callable[[str], None] = print,
 ) -> RunSummary:
-    """Evaluate every cell of ``spec`` not yet in ``run_dir``'s store."""
+    """Evaluate every cell of ``spec`` not yet in ``run_dir``'s store.
+
+    All models are loaded once; each cell's images are made once and scored by every model
+    that still needs the cell, so corruption work does not grow with the number of models.
+    """
     device = torch.device(spec.device)
     summary = RunSummary()
     datasets = [_open_dataset(spec, d) for d in spec.datasets]
+    models = [
+        item if isinstance(item, ModelAdapter)
+        else model_factory(item, pretrained=spec.pretrained, device=device, **spec.model_kwargs)
+        for item in spec.models
+    ]
+    for model in models:
+        model.to(device).eval()
     with ResultsStore(run_dir) as store:
-        for model_item in spec.models:
-            model = model_item if isinstance(model_item, ModelAdapter) else model_factory(
-                model_item, pretrained=spec.pretrained, device=device, **spec.model_kwargs
-            )
-            model.to(device).eval()
-            for dataset in datasets:
-                suite = _suite_for(spec, dataset)
-                source = _Source(spec, dataset, suite, device)
-                classifier = ZeroShotClassifier(
-                    model, dataset.class_names, spec.templates, dataset.modality,
-                    precision=_precision(spec, device),
-                )
-                cells = _cells(suite, spec.severities)
-                bar = tqdm(cells, desc=f"{model.name} / {dataset.name}", unit="cell", disable=not progress)
-                for cell in bar:
+        for dataset in datasets:
+            suite = _suite_for(spec, dataset)
+            source = _Source(spec, dataset, suite, device)
+            classifiers = [
+                ZeroShotClassifier(model, dataset.class_names, spec.templates, dataset.modality,
+                                   precision=_precision(spec, device))
+                for model in models
+            ]
+            cells = _cells(suite, spec.severities)
+            names = ", ".join(m.name for m in models)
+            bar = tqdm(cells, desc=f"{dataset.name} [{names}]", unit="cell", disable=not progress)
+            for cell in bar:
+                todo = []
+                for model, classifier in zip(models, classifiers, strict=True):
                     key = _cell_key(spec, model, dataset, suite, cell, classifier, source)
                     if store.is_done(key):
                         summary.skipped += 1
-                        continue
-                    if not store.claim(key):
+                    elif not store.claim(key):
                         summary.busy += 1
-                        continue
-                    try:
-                        start = time.perf_counter()
-                        probs, labels = score_cell(classifier, source.batches(cell))
-                        seconds = time.perf_counter() - start
+                    else:
+                        todo.append((key, classifier))
+                if not todo:
+                    continue
+                try:
+                    start = time.perf_counter()
+                    all_probs, labels = score_cell([c for _, c in todo], source.batches(cell))
+                    seconds = (time.perf_counter() - start) / len(todo)
+                    for (key, _), probs in zip(todo, all_probs, strict=True):
                         metrics = cell_metrics(probs, labels, dataset.task)
                         store.add(key, metrics, probs, labels, seconds=seconds)
-                    except BaseException:
+                except BaseException:
+                    for key, _ in todo:
                         store.release(key)
-                        raise
-                    summary.computed += 1
-                    summary.seconds += seconds
-                    summary.images += len(labels)
-                    bar.set_postfix(acc=f"{metrics['accuracy']:.3f}")
+                    raise
+                summary.computed += len(todo)
+                summary.seconds += seconds * len(todo)
+                summary.images += len(labels) * len(todo)
+                bar.set_postfix(acc=f"{metrics['accuracy']:.3f}")
     return summary
 
 

@@ -13,6 +13,7 @@ quality-scaled tables) and decode them identically.
 
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
 from numbers import Integral
 
@@ -181,5 +182,9 @@ def jpeg_compression(images: torch.Tensor, quality: int) -> torch.Tensor:
     if images.shape[0] == 0:
         return images.clone()
     cpu = images.cpu().contiguous()
-    decoded = decode_jpeg(encode_jpeg(list(cpu), quality=quality))
+    with warnings.catch_warnings():
+        # torchvision 0.29 flags its image codecs as deprecated in favour of TorchCodec; they
+        # are kept because they write the same bytes as PIL, in one batched call
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
+        decoded = decode_jpeg(encode_jpeg(list(cpu), quality=quality))
     return torch.stack(decoded).to(images.device)
