@@ -146,6 +146,13 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def format_versions(versions: Mapping[str, str] | str) -> str:
+    """``{"numpy": "2.2.6", ...}`` -> ``numpy 2.2.6, ...`` (strings pass through)."""
+    if isinstance(versions, str):
+        return versions
+    return ", ".join(f"{name} {version}" for name, version in versions.items())
+
+
 def refenv_python(refenv: Path) -> Path | None:
     """The reference environment's interpreter, or None when it is not set up."""
     python = refenv / "bin" / "python"

@@ -36,6 +36,7 @@ from _common import (
     DEFAULT_REFENV,
     AnonPeak,
     format_table,
+    format_versions,
     geometric_mean,
     load_real_images,
     markdown_table,
@@ -325,7 +326,7 @@ def render(payload: dict[str, Any]) -> tuple[str, str]:
         + (" QUICK smoke run (few images): numbers are indicative only." if meta["quick"] else "")
     )
     text, md = [intro], ["# Corruption speed: medrobust vs reference", "", intro, "",
-                         f"Machine: {meta['machine']}. Reference: {meta['reference_versions']}."]
+                         f"Machine: {meta['machine']}. Reference: {format_versions(meta['reference_versions'])}."]
     for result in payload["suites"]:
         title = f"{result['suite']} on {result['images']} ({result['n']} images)"
         text += ["", f"== {title} ==", format_table(SPEED_HEADERS, _speed_rows(result))]

@@ -36,6 +36,7 @@ from _common import (
     DEFAULT_REFENV,
     REAL_DATASETS,
     format_table,
+    format_versions,
     load_real_images,
     markdown_table,
     mean_abs_diff,
@@ -352,7 +353,7 @@ def render(cases: Sequence[Case], meta: dict[str, Any], summary: dict[str, int])
         f"stochastic |mean PSNR(ours) - mean PSNR(reference)| <= {PSNR_GAP_TARGET} dB (PSNR gap, "
         "'±2SE' its paired 2-standard-error noise). 'ours'/'reference' are mean PSNR to the "
         "clean input (dB).",
-        f"Reference: {meta['reference_versions']}.",
+        f"Reference: {format_versions(meta['reference_versions'])}.",
         f"Ours: {meta['ours']}.",
         "",
         "Summary: " + ", ".join(f"{k}: {v}" for k, v in summary.items()),

@@ -240,10 +240,14 @@ def test_bad_arguments_are_rejected() -> None:
         gaussian_noise(images, 0.1, rng=streams([0]))
     with pytest.raises(TypeError, match="ImageRandom"):
         speckle_noise(images, 0.1, rng=np.random.default_rng(0))
+    with pytest.raises(TypeError, match="ImageRandom"):
+        shot_noise(images, 10, rng=None)
     with pytest.raises(ValueError, match="amount must be <= 1"):
         impulse_noise(images, 1.5, rng=streams(range(2)))
     with pytest.raises(ValueError, match="photons must be > 0"):
         shot_noise(images, 0, rng=streams(range(2)))
+    with pytest.raises(ValueError, match="photons must be <= "):
+        shot_noise(images, 1e9, rng=streams(range(2)))
     with pytest.raises(ValueError, match="sigma must be >= 0"):
         gaussian_noise(images, -0.1, rng=streams(range(2)))
     with pytest.raises(TypeError, match="uint8"):

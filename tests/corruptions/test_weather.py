@@ -132,7 +132,8 @@ def reference_motion_blur(x: np.ndarray, radius: int, sigma: float, angle: float
 
 
 def reference_snow(img: np.ndarray, c: tuple, noise: np.ndarray, angle: float) -> np.ndarray:
-    x = _as_rgb(img).astype(np.float64) / 255.0
+    """imagecorruptions' snow; like it, the image and its whitening are float32, the layer float64."""
+    x = _as_rgb(img).astype(np.float32) / np.float32(255)
     h, w = x.shape[:2]
     layer = c[0] + c[1] * noise
     ch, cw = math.ceil(h / c[2]), math.ceil(w / c[2])
@@ -141,8 +142,8 @@ def reference_snow(img: np.ndarray, c: tuple, noise: np.ndarray, angle: float) -
     layer[layer < c[3]] = 0
     layer = reference_motion_blur(np.clip(layer, 0, 1), c[4], c[5], angle)
     layer = (np.round(layer * 255) / 255)[:h, :w, None]
-    grey = (x @ np.array([0.299, 0.587, 0.114]))[..., None]
-    x = c[6] * x + (1 - c[6]) * np.maximum(x, grey * 1.5 + 0.5)
+    grey = cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)[..., None]
+    x = np.float32(c[6]) * x + np.float32(1 - c[6]) * np.maximum(x, grey * np.float32(1.5) + np.float32(0.5))
     out = (np.clip(x + layer + np.rot90(layer, 2), 0, 1) * 255).astype(np.uint8)
     return _to_l(out, img.ndim == 2)
 
@@ -258,7 +259,8 @@ def test_frost_texture_follows_the_presets():
     n, size = 16, 64
     normals = _rng("frost", n).normal((1 + weather._FROST_NORMALS,))
     for j, preset in enumerate(weather._FROST_PRESETS):
-        uniforms = torch.cat([torch.full((n, 1), (j + 0.5) / 6), torch.rand(n, 3)], 1)
+        angles = torch.rand(n, 3, generator=torch.Generator().manual_seed(j))
+        uniforms = torch.cat([torch.full((n, 1), (j + 0.5) / 6), angles], 1)
         texture = weather._frost_texture(normals, uniforms, size, size).double()
         mean = texture.mean(dim=(0, 2, 3)).numpy()
         spread = texture.std(dim=(2, 3)).mean(0).numpy()
@@ -390,7 +392,7 @@ def test_bad_input(name):
     with pytest.raises(TypeError, match=name):
         fn(images, 0.5, rng=_rng(name, 2))
     with pytest.raises(ValueError, match="finite"):
-        fn(images, (math.nan,) + tuple(param[1:]), rng=_rng(name, 2))
+        fn(images, (math.nan, *param[1:]), rng=_rng(name, 2))
     with pytest.raises(ValueError, match="streams"):
         fn(images, param, rng=_rng(name, 3))
     with pytest.raises(TypeError, match="ImageRandom"):

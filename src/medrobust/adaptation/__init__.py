@@ -1,0 +1,44 @@
+"""Few-shot LoRA adaptation of medical vision-language models (RobustMedCLIP-style).
+
+``adapt(model, datasets, ...)`` trains a LoRA adapter on the vision tower with few-shot data
+and writes it (adapter weights + JSON config) to a folder; ``load_adapted_model(folder)``
+returns a model usable by the evaluation runner like any other; ``convert_robustmedclip``
+imports the official RobustMedCLIP LoRA files.
+"""
+
+from .checkpoint import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    export_merged,
+    load_adapted_model,
+    read_adapter_config,
+)
+from .lora import (
+    InertTargetError,
+    LoraSettings,
+    apply_lora,
+    lora_state_dict,
+    merge_lora,
+    resolve_targets,
+)
+from .robustmedclip import convert_robustmedclip, read_robustmedclip_lora
+from .train import AdaptConfig, LoraTrainer, adapt
+
+__all__ = [
+    "ADAPTER_CONFIG",
+    "ADAPTER_WEIGHTS",
+    "AdaptConfig",
+    "InertTargetError",
+    "LoraSettings",
+    "LoraTrainer",
+    "adapt",
+    "apply_lora",
+    "convert_robustmedclip",
+    "export_merged",
+    "load_adapted_model",
+    "lora_state_dict",
+    "merge_lora",
+    "read_adapter_config",
+    "read_robustmedclip_lora",
+    "resolve_targets",
+]

@@ -56,6 +56,8 @@ OFFLINE_ENV = "MEDROBUST_OFFLINE"
 PROBE_TIMEOUT_S = 3.0
 DOWNLOAD_TIMEOUT_S = 30.0
 RANDOM_INIT = "random-init"
+# Weights shipped inside the package (``package_file`` sources) live under this folder.
+PACKAGE_DIR = Path(__file__).parent
 # Deterministic buffers that some library versions store and others do not.
 _IGNORABLE_BUFFERS = ("position_ids", "relative_position_index")
 
@@ -74,13 +76,18 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path(user_cache_dir("medrobust")) / "models"
 
 
+WEIGHTS_KINDS = ("hf_file", "hf_snapshot", "url", "package_file", "manual")
+
+
 @dataclass(frozen=True)
 class WeightsSource:
     """Where one model's published weights live.
 
     kind: ``hf_file`` (one file of a Hub repo), ``hf_snapshot`` (a transformers repo: config,
     weights, tokenizer and processor files), ``url`` (a plain download, optionally a zip of
-    which ``member`` is the state dict) or ``manual`` (no stable download: the user fetches it).
+    which ``member`` is the state dict), ``package_file`` (a file shipped inside the package,
+    ``filename`` relative to ``medrobust/models``) or ``manual`` (no stable download: the user
+    fetches it).
     """
 
     kind: str
@@ -91,10 +98,12 @@ class WeightsSource:
     homepage: str = ""
 
     def __post_init__(self) -> None:
-        if self.kind not in ("hf_file", "hf_snapshot", "url", "manual"):
+        if self.kind not in WEIGHTS_KINDS:
             raise ValueError(
-                f"unknown weights kind {self.kind!r}; allowed: hf_file, hf_snapshot, url, manual"
+                f"unknown weights kind {self.kind!r}; allowed: {', '.join(WEIGHTS_KINDS)}"
             )
+        if self.kind == "package_file" and not self.filename:
+            raise ValueError("a package_file weights source needs 'filename'")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, str]) -> WeightsSource:
@@ -113,6 +122,8 @@ class WeightsSource:
             return f"hf-hub:{self.repo}"
         if self.kind == "url":
             return self.url + (f"#{self.member}" if self.member else "")
+        if self.kind == "package_file":
+            return f"package:medrobust/models/{self.filename}"
         return self.filename or self.homepage
 
     def describe(self) -> str:
@@ -124,6 +135,8 @@ class WeightsSource:
         if self.kind == "url":
             inner = f" (member '{self.member}' of the zip)" if self.member else ""
             return f"{self.url}{inner}"
+        if self.kind == "package_file":
+            return f"the file {PACKAGE_DIR / self.filename} shipped with medrobust"
         return f"a manual download from {self.homepage}"
 
 
@@ -197,7 +210,10 @@ def _unavailable(
     model_name: str, source: WeightsSource, cache: Path | str | None, reason: str
 ) -> WeightsUnavailableError:
     options = []
-    if source.kind != "manual":
+    if source.kind == "package_file":
+        options.append("reinstall medrobust with its package data (the file is part of it)")
+        how_get = "train them again (`medrobust pretrain`)"
+    elif source.kind != "manual":
         options.append(
             "run once with network access so they are cached "
             f"(cache_dir=... or ${MODEL_CACHE_ENV} / HF_HOME)"
@@ -212,7 +228,7 @@ def _unavailable(
         "use pretrained=False for randomly initialised weights (tests only; scores are meaningless)"
     )
     where = ""
-    if source.kind != "manual":
+    if source.kind not in ("manual", "package_file"):
         where = f" (cache: {cache or 'the default Hugging Face cache'})"
     steps = "; ".join(f"({i}) {o}" for i, o in enumerate(options, 1))
     return WeightsUnavailableError(
@@ -232,11 +248,16 @@ def fetch_weights(
 ) -> list[Path]:
     """Local paths of the published weights, downloading them into the cache if needed.
 
-    ``hf_file`` and ``url`` give one state-dict file; ``hf_snapshot`` gives the snapshot
-    folder. Raises :class:`WeightsUnavailableError` (fast) when they cannot be had.
+    ``hf_file``, ``url`` and ``package_file`` (no download: the file ships with medrobust) give
+    one state-dict file; ``hf_snapshot`` gives the snapshot folder. Raises :class:`WeightsUnavailableError` (fast) when they cannot be had.
     """
     if source.kind == "manual":
         raise _unavailable(model_name, source, cache_dir, "they have no direct download link")
+    if source.kind == "package_file":
+        path = PACKAGE_DIR / source.filename
+        if not path.is_file():
+            raise _unavailable(model_name, source, None, f"{path} is missing")
+        return [path]
     if source.kind == "url":
         return [_fetch_url(model_name, source, cache_dir)]
     from huggingface_hub import snapshot_download

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -49,9 +47,9 @@ def to_uint8(x: torch.Tensor, rounding: str = "truncate") -> torch.Tensor:
 
 
 def gaussian_kernel1d(sigma: float, radius: int | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Normalised 1-D Gaussian taps; radius defaults to ceil(4 sigma) as in SciPy."""
+    """Normalised 1-D Gaussian taps; radius defaults to SciPy's ``int(4 sigma + 0.5)``."""
     if radius is None:
-        radius = max(1, int(math.ceil(4.0 * sigma)))
+        radius = max(1, int(4.0 * sigma + 0.5))
     x = torch.arange(-radius, radius + 1, dtype=torch.float64, device=device)
     k = torch.exp(-0.5 * (x / sigma) ** 2)
     return (k / k.sum()).to(torch.float32)

@@ -37,7 +37,7 @@ def _box_windows(
     """Pillow's BOX coefficients for one axis: the input pixels of each output, and its weight.
 
     Follows ``precompute_coeffs`` (support 0.5 scaled by the reduction factor, bounds rounded
-    with ``(int)(x + 0.5)``, filter evaluated at ``(x - center + 0.5) / filterscale``) and
+    with ``(int)(x + 0.5)``, box filter at ``(x - center + 0.5) * (1 / filterscale)``) and
     ``normalize_coeffs_8bpc`` (weights ``(int)(0.5 + k * 2**22)``). Rounding makes neighbouring
     windows overlap or leave a pixel out for some sizes, exactly as in Pillow.
     """
@@ -59,7 +59,7 @@ def _box_windows(
 @lru_cache(maxsize=128)
 def _box_plan(
     in_size: int, out_size: int, device: torch.device
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
     """``_box_windows`` as index tensors on ``device``: ``(copy, pixels, windows, weight)``.
 
     ``copy`` is set when every output is one input pixel of weight 1 (enlarging), so the pass
@@ -70,7 +70,7 @@ def _box_plan(
     weight = torch.tensor(weights, dtype=torch.int32, device=device)
     if all(len(m) == 1 for m in members) and all(w == 1 << _PRECISION_BITS for w in weights):
         copy = torch.tensor([m[0] for m in members], dtype=torch.int64, device=device)
-        return copy, None, torch.empty(0, dtype=torch.int64, device=device), weight
+        return copy, None, None, weight
     flat = [x for m in members for x in m]
     windows = [i for i, m in enumerate(members) for _ in m]
     pixels = None if flat == list(range(in_size)) else torch.tensor(flat, device=device)
@@ -83,7 +83,7 @@ def _box_pass(x: torch.Tensor, out_size: int, dim: int) -> torch.Tensor:
     if in_size == out_size:
         return x
     copy, pixels, windows, weight = _box_plan(in_size, out_size, x.device)
-    if copy is not None:
+    if windows is None:
         return x.index_select(dim, copy)
     source = x if pixels is None else x.index_select(dim, pixels)
     shape = list(x.shape)

@@ -13,7 +13,7 @@ PIL's ``convert('L')``, as the reference pipeline (grey -> RGB -> corrupt -> L) 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from numbers import Real
 
 import torch
@@ -22,9 +22,7 @@ import torch.nn.functional as F
 from medrobust.corruptions._random import ImageRandom
 from medrobust.corruptions.functional._utils import (
     check_images,
-    depthwise_conv2d,
     gaussian_kernel1d,
-    separable_conv2d,
     to_float,
     to_uint8,
 )
@@ -34,11 +32,9 @@ __all__ = ["fog", "frost", "scale_snow", "scale_spatter", "snow", "spatter"]
 
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, cv2.COLOR_RGB2GRAY on float images
 # On CPU a batch is processed in slices whose largest intermediate holds about this many
-# elements (16 RGB images of 224 px): the working set stays in cache, no intermediate crosses
-# glibc's 32 MiB mmap threshold (fresh mmap pages fault on every allocation) and per-plane
-# convolutions keep enough planes for oneDNN's fast path.
-_CPU_CHUNK_ELEMENTS = 32 * 3 * 224 * 224
-
+# elements (16 RGB images of 224 px): the working set stays in cache and no intermediate
+# crosses glibc's 32 MiB mmap threshold, above which every allocation faults in fresh pages.
+_CPU_CHUNK_ELEMENTS = 8 * 3 * 224 * 224
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -89,13 +85,72 @@ def _check_factor(factor: float) -> float:
     return float(factor)
 
 
-def _planes(x: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) as (1, N*C, H, W).
+def _pad(x: torch.Tensor, dim: int, r: int, mode: str) -> torch.Tensor:
+    """Pad ``x`` by ``r`` samples on both sides of ``dim`` (-1 or -2), any ``r``.
 
-    The shared-kernel filters of ``_utils`` then run every plane as one group of a single
-    convolution, which CPU backends run many times faster than a batch of few-channel images.
+    ``replicate`` repeats the edge (SciPy ``nearest``), ``reflect`` mirrors about the edge
+    sample (OpenCV BORDER_REFLECT_101, torch ``reflect``), ``symmetric`` mirrors with the edge
+    repeated (SciPy ``reflect``), ``zeros`` pads with 0.
     """
-    return x.reshape(1, -1, *x.shape[-2:])
+    size = x.shape[dim]
+    pad = (r, r, 0, 0) if dim == -1 else (0, 0, r, r)
+    if mode == "zeros":
+        return F.pad(x, pad)
+    if mode == "replicate" or (mode == "reflect" and r < size):  # F.pad's fast kernels
+        return F.pad(x, pad, mode=mode)
+    idx = torch.arange(-r, size + r, device=x.device)
+    if size == 1:
+        idx = idx.clamp(0, 0)
+    else:
+        period = 2 * size if mode == "symmetric" else 2 * (size - 1)
+        idx = idx.remainder(period)
+        idx = torch.where(idx < size, idx, period - idx - (1 if mode == "symmetric" else 0))
+    return x.index_select(dim, idx)
+
+
+def _correlate1d(x: torch.Tensor, taps: Sequence[float], dim: int, mode: str) -> torch.Tensor:
+    """Correlate float ``x`` along ``dim`` with an odd number of ``taps``, size kept.
+
+    ``mode`` is a ``_pad`` mode. A sum of shifted copies: each pixel's arithmetic
+    does not depend on the batch (convolution backends pick different kernels for different
+    plane counts, whose rounding differs), and on CPU it is as fast as a depthwise
+    convolution of one-plane images.
+    """
+    size, r = x.shape[dim], len(taps) // 2
+    padded = _pad(x, dim, r, mode)
+    out = padded.narrow(dim, 0, size) * taps[0]
+    for i, tap in enumerate(taps[1:], 1):
+        if tap:
+            out.add_(padded.narrow(dim, i, size), alpha=tap)
+    return out
+
+
+def _filter3x3(x: torch.Tensor, kernel: Sequence[Sequence[float]], mode: str) -> torch.Tensor:
+    """Correlate float (N, C, H, W) with a 3x3 ``kernel`` (as ``cv2.filter2D``), size kept."""
+    h, w = x.shape[-2:]
+    padded = _pad(_pad(x, -1, 1, mode), -2, 1, mode)
+    taps = [(i, j, tap) for i, row in enumerate(kernel) for j, tap in enumerate(row) if tap]
+    i, j, tap = taps[0]
+    out = padded[..., i : i + h, j : j + w] * tap
+    for i, j, tap in taps[1:]:
+        out.add_(padded[..., i : i + h, j : j + w], alpha=tap)
+    return out
+
+
+def _box3(x: torch.Tensor, mode: str = "reflect") -> torch.Tensor:
+    """``cv2.blur(x, (3, 3))`` (BORDER_REFLECT_101 by default): the 9-sum in float64 times 1/9,
+    as OpenCV computes it, so that e.g. nine 20s give exactly 20."""
+    total = _filter3x3(x.to(torch.float64), ((1, 1, 1), (1, 1, 1), (1, 1, 1)), mode)
+    return (total * (1.0 / 9.0)).to(x.dtype)
+
+
+def _gaussian_filter(x: torch.Tensor, sigma_h: float, sigma_w: float, truncate: float, mode: str) -> torch.Tensor:
+    """``scipy.ndimage.gaussian_filter`` over the last two dims (per-axis sigma, ``truncate``)."""
+    for dim, sigma in ((-1, sigma_w), (-2, sigma_h)):
+        if sigma > 0:
+            taps = gaussian_kernel1d(sigma, int(truncate * sigma + 0.5)).tolist()
+            x = _correlate1d(x, taps, dim, mode)
+    return x
 
 
 def _rgb_to_l(rgb: torch.Tensor) -> torch.Tensor:
@@ -333,14 +388,14 @@ def snow(images: torch.Tensor, param: tuple[float, ...], *, rng: ImageRandom) ->
         layer = _clipped_zoom(loc + scale * part_noise, zoom)
         layer = torch.where(layer < threshold, 0.0, layer).clamp_(0.0, 1.0)
         layer = apply_motion_blur(layer, radius, sigma, part_angles)
-        layer = torch.round(layer[..., :h, :w] * 255.0) / 255.0
+        layer = torch.round(layer[..., :h, :w].double() * 255.0) / 255.0
         x = to_float(part)
-        if c == 1:
-            grey = x
-        else:
-            grey = (x * torch.tensor(_LUMA, device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        # cv2 RGB2GRAY; a grey image is weighted as three equal channels so that it gets
+        # exactly what its RGB copy gets (the weights do not sum to 1 in float32).
+        red, green, blue = x.unbind(1) if c == 3 else (x[:, 0],) * 3
+        grey = (_LUMA[0] * red + _LUMA[1] * green + _LUMA[2] * blue)[:, None]
         x = blend * x + (1.0 - blend) * torch.maximum(x, grey * 1.5 + 0.5)
-        return to_uint8(x + layer + layer.flip(-2, -1))
+        return to_uint8(x.double() + layer + layer.flip(-2, -1))  # float64, as the reference adds
 
     return _in_chunks(run, images, noise, angles, planes=images.shape[1])
 
@@ -354,20 +409,12 @@ _CANNY_LOW, _CANNY_HIGH = 50, 150
 _TAN_22_Q15 = 13573  # OpenCV Canny's tan(22.5 deg) in Q15 fixed point
 _DIST_CAP = 20.0  # the reference truncates the edge distance at 20 px
 _EMBOSS = ((-2.0, -1.0, 0.0), (-1.0, 1.0, 1.0), (0.0, 1.0, 2.0))
+_SOBEL = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))  # d/dx; transposed for d/dy
 
 
 def _skimage_gaussian(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """``skimage.filters.gaussian(x, sigma)`` with its defaults (mode 'nearest', truncate 4)."""
-    if sigma <= 0:
-        return x
-    taps = gaussian_kernel1d(sigma, int(4.0 * sigma + 0.5), x.device)
-    return separable_conv2d(_planes(x), taps, "replicate").view_as(x)
-
-
-def _neighbour(padded: torch.Tensor, dy: int, dx: int, r: int) -> torch.Tensor:
-    """The view ``x[..., i + dy, j + dx]`` of ``x`` padded by ``r`` on every side."""
-    h, w = padded.shape[-2] - 2 * r, padded.shape[-1] - 2 * r
-    return padded[..., r + dy : r + dy + h, r + dx : r + dx + w]
+    return _gaussian_filter(x, sigma, sigma, 4.0, "replicate")
 
 
 def _canny_edges(img: torch.Tensor) -> torch.Tensor:
@@ -376,28 +423,36 @@ def _canny_edges(img: torch.Tensor) -> torch.Tensor:
     Sobel gradients (replicated border), the L1 magnitude and OpenCV's fixed-point
     non-maximum suppression are reproduced (its Q15 direction tests are exact in float32 for
     8-bit input); hysteresis is cut to one step (a weak edge survives next to a strong one),
-    which suffices for the step edges of a thresholded liquid layer.
+    which suffices for the step edges of a thresholded liquid layer. Only pixels above the low
+    threshold, a small fraction, are examined.
     """
-    sobel = torch.tensor(((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0)), device=img.device)
-    gx = depthwise_conv2d(_planes(img), sobel, "replicate").view_as(img)
-    gy = depthwise_conv2d(_planes(img), sobel.T, "replicate").view_as(img)
-    ax, ay = gx.abs(), gy.abs()
-    mag = ax + ay
+    n, _, h, w = img.shape
+    gx = _filter3x3(img, _SOBEL, "replicate")
+    gy = _filter3x3(img, tuple(zip(*_SOBEL, strict=True)), "replicate")
+    mag = gx.abs() + gy.abs()
+    row = w + 2  # the magnitude is zero-padded by one pixel, as OpenCV's buffer is
+    padded = F.pad(mag, (1, 1, 1, 1)).view(-1)
+    flat = mag.view(-1)
+    cand = torch.nonzero(flat > _CANNY_LOW).squeeze(1)
+    image, pixel = cand.div(h * w, rounding_mode="floor"), cand.remainder(h * w)
+    centre = image * ((h + 2) * row) + (pixel.div(w, rounding_mode="floor") + 1) * row + pixel.remainder(w) + 1
+    m, cx, cy = flat[cand], gx.view(-1)[cand], gy.view(-1)[cand]
+    ax, ay = cx.abs(), cy.abs()
     tg22 = ax * _TAN_22_Q15
-    horizontal = ay * 32768.0 < tg22
-    vertical = (ay - 2.0 * ax) * 32768.0 > tg22  # |gy| << 15 > tg22 + (|gx| << 16)
-    m = F.pad(mag, (1, 1, 1, 1))
-
-    def beats(dy: int, dx: int, strict_after: bool) -> torch.Tensor:
-        before, after = _neighbour(m, -dy, -dx, 1), _neighbour(m, dy, dx, 1)
-        return (mag > before) & ((mag > after) if strict_after else (mag >= after))
-
-    # OpenCV's sign test (gx ^ gy) < 0; on the diagonal branch neither gradient is 0.
-    diagonal = torch.where(gx * gy < 0, beats(1, -1, True), beats(1, 1, True))
-    keep = torch.where(horizontal, beats(0, 1, False), torch.where(vertical, beats(1, 0, False), diagonal))
-    keep &= mag > _CANNY_LOW
-    strong = (keep & (mag > _CANNY_HIGH)).to(torch.float32)
-    return keep & (_box3(strong, "zeros") > 0)
+    # Neighbour offsets across the edge: along x, along y, or a diagonal chosen by the sign
+    # test (gx ^ gy) < 0, on whose branch neither gradient is 0.
+    diagonal = torch.where(cx * cy < 0, row - 1, row + 1)
+    step = torch.where(
+        ay * 32768.0 < tg22, 1, torch.where((ay - 2.0 * ax) * 32768.0 > tg22, row, diagonal)
+    )
+    before, after = padded[centre - step], padded[centre + step]
+    on_diagonal = (step != 1) & (step != row)
+    keep = (m > before) & torch.where(on_diagonal, m > after, m >= after)
+    edges = torch.zeros(n * h * w, dtype=torch.bool, device=img.device).index_put_((cand,), keep)
+    strong = torch.zeros(n * h * w, dtype=torch.float32, device=img.device)
+    strong.index_put_((cand,), (keep & (m > _CANNY_HIGH)).to(torch.float32))
+    near_strong = _filter3x3(strong.view(n, 1, h, w), ((1, 1, 1),) * 3, "zeros") > 0
+    return edges.view(n, 1, h, w) & near_strong
 
 
 def _edge_distance(edges: torch.Tensor) -> torch.Tensor:
@@ -409,17 +464,20 @@ def _edge_distance(edges: torch.Tensor) -> torch.Tensor:
     """
     k = int(_DIST_CAP)
     far = 2 * k * k + 1
+    h, w = edges.shape[-2:]
     cost = torch.where(edges, 0, far).to(torch.int16)
-    rows = cost.clone()
+    rows, dist2, shifted = cost.clone(), torch.empty_like(cost), torch.empty_like(cost)
     padded = F.pad(cost, (k, k, 0, 0), value=far)
     for dx in range(1, k + 1):
         for side in (dx, -dx):
-            torch.minimum(rows, padded[..., k + side : k + side + cost.shape[-1]] + dx * dx, out=rows)
-    dist2 = rows.clone()
+            torch.add(padded[..., k + side : k + side + w], dx * dx, out=shifted)
+            torch.minimum(rows, shifted, out=rows)
+    dist2.copy_(rows)
     padded = F.pad(rows, (0, 0, k, k), value=far)
     for dy in range(1, k + 1):
         for side in (dy, -dy):
-            torch.minimum(dist2, padded[..., k + side : k + side + rows.shape[-2], :] + dy * dy, out=dist2)
+            torch.add(padded[..., k + side : k + side + h, :], dy * dy, out=shifted)
+            torch.minimum(dist2, shifted, out=dist2)
     return dist2.to(torch.float32).sqrt_().clamp_(max=_DIST_CAP)
 
 
@@ -438,12 +496,6 @@ def _equalize_hist(levels: torch.Tensor) -> torch.Tensor:
     return lut.gather(1, flat).view_as(levels)
 
 
-def _box3(x: torch.Tensor, padding_mode: str = "reflect") -> torch.Tensor:
-    """``cv2.blur(x, (3, 3))`` (BORDER_REFLECT_101 by default) in float."""
-    box = torch.full((3, 3), 1.0 / 9.0, device=x.device)
-    return depthwise_conv2d(_planes(x), box, padding_mode).view_as(x)
-
-
 def _water_mask(liquid: torch.Tensor, gain: float) -> torch.Tensor:
     """The reference's water spatter intensity ``m`` (N, 1, H, W) from the thresholded liquid.
 
@@ -454,8 +506,7 @@ def _water_mask(liquid: torch.Tensor, gain: float) -> torch.Tensor:
     levels = torch.floor(liquid * 255.0)  # the reference's uint8 liquid layer
     dist = _edge_distance(_canny_edges(levels))
     equalised = _equalize_hist(_box3(dist).to(torch.int64))
-    emboss = torch.tensor(_EMBOSS, device=liquid.device)
-    embossed = depthwise_conv2d(_planes(equalised), emboss, "reflect").view_as(equalised)
+    embossed = _filter3x3(equalised, _EMBOSS, "reflect")
     m = levels * torch.round(_box3(embossed.clamp_(0.0, 255.0)))
     peak = m.amax(dim=(1, 2, 3), keepdim=True)
     return m * torch.where(peak > 0, gain / peak.clamp_min(1e-12), 0.0)

@@ -1,0 +1,283 @@
+"""Adapter files, training state and loading an adapted model for evaluation.
+
+An adapter folder holds only what training changed plus what is needed to rebuild the rest:
+
+- ``adapter_model.safetensors``: the LoRA weights (peft key names);
+- ``medrobust_adapter.json``: base model (name, how to rebuild it, its weights hash and the
+  sha256 of its vision-tower weights), LoRA settings and adapted modules, data, seeds, training
+  settings, validation metrics, code version and the adapter's own sha256;
+- ``checkpoints/train_state.pt`` while/after training: adapter, optimizer, scheduler, epoch
+  and early-stopping state for resuming, written atomically each epoch and read with
+  ``torch.load(weights_only=True)``.
+
+:func:`load_adapted_model` rebuilds the base, checks it is bit-identical to the one trained
+on, injects the LoRA layers and loads the weights: the result reproduces the trained model's
+outputs exactly and works with the evaluation runner like any model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from medrobust import __version__
+from medrobust.models import ModelAdapter, WeightsMismatchError, create_model, save_model
+from medrobust.models.weights import RANDOM_INIT
+
+from .lora import (
+    LoraSettings,
+    apply_lora,
+    load_lora_state_dict,
+    lora_state_dict,
+    merge_lora,
+    tensors_sha256,
+    vision_fingerprint,
+)
+
+__all__ = [
+    "ADAPTER_CONFIG",
+    "ADAPTER_FORMAT",
+    "ADAPTER_WEIGHTS",
+    "STATE_FILE",
+    "atomic_path",
+    "base_source",
+    "export_merged",
+    "load_adapted_model",
+    "load_train_state",
+    "prepare_base",
+    "read_adapter_config",
+    "save_adapter",
+    "save_train_state",
+]
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "medrobust_adapter.json"
+STATE_FILE = Path("checkpoints") / "train_state.pt"
+ADAPTER_FORMAT = "medrobust-lora"
+FORMAT_VERSION = 1
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path next to ``path``, moved onto it (atomically) when the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def base_source(model_arg: str | ModelAdapter, model_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """How :func:`load_adapted_model` can rebuild the base model later.
+
+    A name is rebuilt with ``create_model(name, **model_kwargs)``; a model produced by
+    ``load_adapted_model(..., merge=True)`` from its adapter folder; another ready model only
+    if its weights are published or local (random weights need ``base_model=`` at load time).
+    """
+    if isinstance(model_arg, str):
+        kwargs = {k: (str(v) if isinstance(v, Path) else v) for k, v in model_kwargs.items()}
+        return {"kind": "create_model", "name": model_arg, "kwargs": kwargs}
+    adapter = model_arg.spec.get("adapter")
+    if adapter and adapter.get("merged"):
+        return {"kind": "adapter", "dir": adapter["dir"], "merge": True}
+    if model_arg.weights_hash != RANDOM_INIT:
+        kwargs: dict[str, Any] = {}
+        if Path(model_arg.weights_id).exists():
+            kwargs["weights"] = model_arg.weights_id
+        return {"kind": "create_model", "name": model_arg.name, "kwargs": kwargs}
+    return {"kind": "instance", "name": model_arg.name}
+
+
+def prepare_base(
+    model: str | ModelAdapter, device: torch.device, model_kwargs: Mapping[str, Any]
+) -> ModelAdapter:
+    """The base model to adapt, in eval mode on ``device``: built from a name with
+    ``create_model(name, device=device, **model_kwargs)``, or a copy of a ready model (the
+    caller's object is never modified)."""
+    if isinstance(model, ModelAdapter):
+        if model_kwargs:
+            raise ValueError("model_kwargs only apply when the model is given by name")
+        return copy.deepcopy(model).to(device).eval()
+    if not isinstance(model, str):
+        raise TypeError(f"model must be a name or a ModelAdapter, got {type(model).__name__}")
+    return create_model(model, device=device, **dict(model_kwargs))
+
+
+def save_adapter(model: ModelAdapter, out_dir: str | Path, config: Mapping[str, Any]) -> Path:
+    """Write the model's LoRA weights and ``config`` (completed with the adapter's sha256 and
+    format) to ``out_dir``; weights first, config last, each atomically. Returns ``out_dir``."""
+    out = Path(out_dir)
+    state = lora_state_dict(model)
+    with atomic_path(out / ADAPTER_WEIGHTS) as tmp:
+        save_file(state, str(tmp), metadata={"format": ADAPTER_FORMAT})
+    full = {
+        "format": ADAPTER_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "code_version": __version__,
+        **config,
+        "adapter_sha256": tensors_sha256(state),
+    }
+    _write_json(out / ADAPTER_CONFIG, full)
+    return out
+
+
+def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
+    """The adapter folder's config, validated (format, version, required sections)."""
+    folder = Path(adapter_dir).expanduser()
+    path = folder / ADAPTER_CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{folder} is not a medrobust adapter folder: {ADAPTER_CONFIG} is missing"
+        )
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if config.get("format") != ADAPTER_FORMAT:
+        raise ValueError(f"{path} is not a {ADAPTER_FORMAT} config (format {config.get('format')!r})")
+    if int(config.get("format_version", 0)) > FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has format version {config['format_version']}; this medrobust reads up to "
+            f"{FORMAT_VERSION}: upgrade medrobust"
+        )
+    for key in ("base", "lora", "adapter_sha256"):
+        if key not in config:
+            raise ValueError(f"{path} lacks the {key!r} section")
+    return config
+
+
+def _build_base(
+    config: Mapping[str, Any],
+    device: str | torch.device,
+    base_model: str | ModelAdapter | None,
+    cache_dir: str | Path | None,
+) -> ModelAdapter:
+    cache = {"cache_dir": cache_dir} if cache_dir is not None else {}
+    if base_model is not None:
+        return prepare_base(base_model, torch.device(device), cache if isinstance(base_model, str) else {})
+    source = config["base"].get("source", {})
+    kind = source.get("kind")
+    if kind == "create_model":
+        return create_model(source["name"], device=device, **{**source["kwargs"], **cache})
+    if kind == "adapter":
+        return load_adapted_model(source["dir"], device, merge=True, cache_dir=cache_dir)
+    raise ValueError(
+        f"the adapter's base model {config['base'].get('name')!r} was a ready model with random "
+        "weights that cannot be rebuilt from its name: pass base_model= (the same model)"
+    )
+
+
+def _adapted_identity(
+    model: ModelAdapter, config: Mapping[str, Any], folder: Path, merged: bool
+) -> None:
+    """Give the adapted model its own name, weights id/hash and spec (provenance)."""
+    label = config.get("label") or folder.name
+    name = f"{model.name}+lora:{label}" + (":merged" if merged else "")
+    combined = hashlib.sha256(
+        f"{model.weights_hash}|{config['base']['vision_sha256']}|{config['adapter_sha256']}".encode()
+    ).hexdigest()
+    model.info = dataclasses.replace(
+        model.info,
+        name=name,
+        weights_id=f"{model.weights_id} + lora {folder.resolve()}",
+        weights_hash=combined,
+    )
+    model.spec = {
+        **copy.deepcopy(model.spec),
+        "name": name,
+        "adapter": {
+            "dir": str(folder.resolve()),
+            "label": label,
+            "adapter_sha256": config["adapter_sha256"],
+            "base_weights_hash": config["base"].get("weights_hash"),
+            "merged": merged,
+        },
+    }
+
+
+def load_adapted_model(
+    adapter_dir: str | Path,
+    device: str | torch.device = "cpu",
+    *,
+    merge: bool = False,
+    base_model: str | ModelAdapter | None = None,
+    cache_dir: str | Path | None = None,
+) -> ModelAdapter:
+    """The base model with the folder's LoRA adapter, in eval mode on ``device``.
+
+    Its ``name`` is ``<base>+lora:<label>`` and its ``weights_hash`` combines the base's hash,
+    its vision-tower fingerprint and the adapter's sha256, so results stored by the runner
+    never mix with the base's. ``merge`` folds the adapter into the base weights (plain
+    layers, same outputs up to float rounding; use :func:`export_merged` to write a model
+    folder). ``base_model`` overrides how the base is built (a name or a ready model, which
+    is copied); it must be bit-identical to the base trained on.
+
+    Raises:
+        WeightsMismatchError: the base's vision tower differs from the one trained on.
+        ValueError: a malformed folder or weights that do not fit the LoRA layers.
+    """
+    folder = Path(adapter_dir).expanduser()
+    config = read_adapter_config(folder)
+    model = _build_base(config, device, base_model, cache_dir)
+    expected = config["base"]["vision_sha256"]
+    found = vision_fingerprint(model)
+    if found != expected:
+        raise WeightsMismatchError(
+            f"base model {model.name!r} is not the one adapter {folder} was trained on: its "
+            f"vision-tower weights hash {found[:16]}... differs from {expected[:16]}... "
+            "(other weights, or another random seed); pass base_model= with the right model"
+        )
+    lora = config["lora"]
+    settings = LoraSettings(
+        rank=int(lora["rank"]), alpha=lora["alpha"], dropout=float(lora["dropout"]),
+        targets=tuple(lora["modules"]),
+    )
+    apply_lora(model, settings, verify=False)
+    state = load_file(str(folder / ADAPTER_WEIGHTS))
+    if tensors_sha256(state) != config["adapter_sha256"]:
+        raise ValueError(
+            f"{folder / ADAPTER_WEIGHTS} does not match the sha256 recorded in its config "
+            "(modified or partially written)"
+        )
+    load_lora_state_dict(model, state)
+    if merge:
+        merge_lora(model)
+    _adapted_identity(model, config, folder, merge)
+    return model.to(device).eval()
+
+
+def export_merged(
+    adapter_dir: str | Path, folder: str | Path, device: str | torch.device = "cpu", **kwargs: Any
+) -> Path:
+    """Write base + adapter, merged into plain weights, as a model folder that
+    ``create_model(folder)`` loads like any model. ``kwargs`` go to :func:`load_adapted_model`."""
+    model = load_adapted_model(adapter_dir, device, merge=True, **kwargs)
+    return save_model(model, folder)
+
+
+def save_train_state(path: Path, state: Mapping[str, Any]) -> None:
+    """Write the resumable training state atomically (a crash never leaves a torn file)."""
+    with atomic_path(path) as tmp:
+        torch.save(dict(state), tmp)
+
+
+def load_train_state(path: Path) -> dict[str, Any]:
+    """Read a training state safely (tensors and plain containers only; no pickled code)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
