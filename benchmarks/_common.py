@@ -12,7 +12,6 @@ import math
 import os
 import resource
 import subprocess
-import sys
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -254,6 +253,10 @@ class AnonPeak:
         self._thread.join()
 
 
-def python_info() -> dict[str, str]:
-    """Interpreter and numpy version, for result metadata."""
-    return {"python": sys.version.split()[0], "numpy": np.__version__}
+def load_average() -> str:
+    """The 1/5/15-minute load averages and core count: timings on a busy machine are noisy."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return "unknown"
+    return f"{one:.1f}/{five:.1f}/{fifteen:.1f} on {os.cpu_count()} cores"

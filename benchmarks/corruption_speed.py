@@ -38,6 +38,7 @@ from _common import (
     format_table,
     format_versions,
     geometric_mean,
+    load_average,
     load_real_images,
     markdown_table,
     maxrss_mib,
@@ -326,7 +327,9 @@ def render(payload: dict[str, Any]) -> tuple[str, str]:
         + (" QUICK smoke run (few images): numbers are indicative only." if meta["quick"] else "")
     )
     text, md = [intro], ["# Corruption speed: medrobust vs reference", "", intro, "",
-                         f"Machine: {meta['machine']}. Reference: {format_versions(meta['reference_versions'])}."]
+                         f"Machine: {meta['machine']}; load average (1/5/15 min) at start "
+                         f"{meta.get('load_at_start', '?')}, at end {meta.get('load_at_end', '?')}. "
+                         f"Reference: {format_versions(meta['reference_versions'])}."]
     for result in payload["suites"]:
         title = f"{result['suite']} on {result['images']} ({result['n']} images)"
         text += ["", f"== {title} ==", format_table(SPEED_HEADERS, _speed_rows(result))]
@@ -407,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         payload: dict[str, Any] = {"meta": {
             "quick": args.quick, "severity": args.severity, "batch": args.batch, "repeats": args.repeats,
             "ref_2t_n": args.ref_2t_n, "ours": ours_error or "ok",
-            "machine": f"{_cpu_name()}, {_cores()} cores",
+            "machine": f"{_cpu_name()}, {_cores()} cores", "load_at_start": load_average(),
             "reference_versions": (describe or {}).get("versions", "unavailable"),
         }, "suites": []}
         if "suites" not in args.skip:
@@ -423,6 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("measured whole-dataset generation", flush=True)
         if "memory" not in args.skip and ours_error is None:
             payload["memory"] = measure_memory(args, workdir)
+    payload["meta"]["load_at_end"] = load_average()
     text, md = render(payload)
     print(text)
     json_path, md_path = write_results(args.out, payload, md)

@@ -37,6 +37,7 @@ from _common import (
     REAL_DATASETS,
     format_table,
     format_versions,
+    load_average,
     load_real_images,
     markdown_table,
     mean_abs_diff,
@@ -452,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "n": args.n, "severities": args.severities, "seed": args.seed, "quick": args.quick,
         "stochastic_repeats": args.stochastic_repeats, "threads": args.threads,
         "datasets": args.datasets, "suites": args.suites, "extras": args.extras,
-        "ours": ours_error or "ok",
+        "ours": ours_error or "ok", "load_average": load_average(),
         "reference_versions": (describe or {}).get("versions", "unavailable"),
     }
     text, md = render(cases, meta, summary)

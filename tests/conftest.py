@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,3 +43,20 @@ def synthetic_images(n: int = 4, channels: int = 3, size: int = 32, seed: int = 
     base = 0.5 * (xx + yy)[None, None].expand(n, channels, size, size)
     noise = torch.rand(n, channels, size, size, generator=g) * 0.3
     return ((base * 0.7 + noise) * 255).clamp(0, 255).to(torch.uint8)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for the test run: tiny tensors on a shared 2-core machine are faster
+    and deterministic with one; the previous setting is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def synthetic() -> Callable[..., torch.Tensor]:
+    """``synthetic_images`` as a fixture: test modules cannot import from conftest reliably
+    (another folder's conftest.py may be the module named ``conftest`` by then)."""
+    return synthetic_images

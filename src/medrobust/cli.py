@@ -122,8 +122,15 @@ def cmd_preview(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation.runner import GridSpec, run_grid
 
+    if not args.model and not args.adapter:
+        raise ValueError("give at least one --model or --adapter")
+    models: list = list(args.model or [])
+    if args.adapter:
+        from .adaptation import load_adapted_model
+
+        models += [load_adapted_model(d, args.device, merge=args.merge) for d in args.adapter]
     spec = GridSpec(
-        models=args.model,
+        models=models,
         datasets=args.dataset,
         suite=args.suite,
         corruptions=args.corruptions,
@@ -151,6 +158,48 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         with ResultsStore(args.run_dir) as store:
             print(f"exported {store.export(args.export)}")
+    return 0
+
+
+def _warmup(text: str) -> float | int:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--warmup must be >= 0, got {text}")
+    return int(value) if value >= 1 else value
+
+
+def _targets(text: str) -> str | list[str]:
+    return _names(text) if "," in text else text
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from .adaptation import adapt, convert_robustmedclip
+
+    model_kwargs = {"pretrained": not args.random_weights}
+    if args.import_robustmedclip:
+        out = convert_robustmedclip(
+            args.import_robustmedclip, args.out, base_model=args.model or "biomedclip",
+            model_kwargs=model_kwargs,
+            blocks=[int(b) for b in _names(args.blocks)] if args.blocks else None,
+        )
+        print(f"imported RobustMedCLIP LoRA weights into {out}")
+        return 0
+    if not args.model or not args.dataset:
+        raise ValueError("adapt needs --model and at least one --dataset")
+    out = adapt(
+        args.model, args.dataset, out_dir=args.out, fewshot=args.fewshot, shots=args.shots,
+        fewshot_split=args.fewshot_split, val_split=args.val_split, val_limit=args.val_limit,
+        rank=args.rank, alpha=args.alpha, dropout=args.dropout, targets=args.targets,
+        augment_suite=args.augment_suite, exclude_corruptions=args.exclude_corruptions or (),
+        augment_p=args.augment_p, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+        batch_size=args.batch_size, grad_accum=args.grad_accum, warmup=args.warmup,
+        patience=args.patience or None, monitor=args.monitor, joint_labels=args.joint_labels,
+        templates=args.templates, data_root=args.data_root, data_size=args.size,
+        resize=not args.native_size, precision=args.precision, device=args.device, seed=args.seed,
+        model_kwargs=model_kwargs, label=args.label, resume=not args.no_resume,
+        progress=not args.quiet,
+    )
+    print(f"evaluate it with: medrobust eval --adapter {out} --dataset ... --run-dir ...")
     return 0
 
 
@@ -210,8 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_preview)
 
     p = sub.add_parser("eval", help="zero-shot evaluation grid: models x datasets x corruptions")
-    p.add_argument("--model", action="append", required=True,
+    p.add_argument("--model", action="append",
                    help="model name (repeatable); see `medrobust models`")
+    p.add_argument("--adapter", action="append",
+                   help="a LoRA adapter folder from `medrobust adapt` (repeatable)")
+    p.add_argument("--merge", action="store_true", help="merge adapters into the base weights")
     p.add_argument("--dataset", action="append", required=True, help="dataset (repeatable)")
     p.add_argument("--split", default="test")
     p.add_argument("--size", type=int, default=28, help="MedMNIST file size to read")
@@ -241,6 +293,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default="clip-vit-b16", help="model whose errors are 100")
     p.add_argument("--error-type", choices=("error", "balanced_error"), default="error")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("adapt", help="few-shot LoRA adaptation of a model's vision encoder")
+    p.add_argument("--model", help="base model name (default biomedclip for --import-robustmedclip)")
+    p.add_argument("--dataset", action="append", help="training dataset (repeatable)")
+    p.add_argument("--out", required=True, help="adapter folder to write")
+    shots = p.add_mutually_exclusive_group()
+    shots.add_argument("--fewshot", type=float, help="fraction of the split per class, e.g. 0.01")
+    shots.add_argument("--shots", type=int, help="images per class")
+    p.add_argument("--fewshot-split", default="train", choices=("train", "val"))
+    p.add_argument("--val-split", default="val")
+    p.add_argument("--val-limit", type=int)
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--alpha", type=float, help="LoRA alpha (default: the rank)")
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--targets", type=_targets, help="preset, regex, or comma-separated module names")
+    p.add_argument("--augment-suite", help="train with random corruptions from this suite")
+    p.add_argument("--exclude-corruptions", type=_names, help="corruptions left out of augmentation")
+    p.add_argument("--augment-p", type=float, default=0.5)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--warmup", type=_warmup, default=0.05, help="steps (>= 1) or fraction")
+    p.add_argument("--patience", type=int, default=5, help="early stopping (0: off)")
+    p.add_argument("--monitor", choices=("balanced_accuracy", "loss"), default="balanced_accuracy")
+    p.add_argument("--joint-labels", action="store_true", help="one label space over all datasets")
+    p.add_argument("--templates", type=_names)
+    p.add_argument("--data-root")
+    p.add_argument("--size", type=int, default=28)
+    p.add_argument("--native-size", action="store_true")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--random-weights", action="store_true")
+    p.add_argument("--label", help="name of the adapter (default from its settings)")
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--import-robustmedclip", metavar="LORA_FILE",
+                   help="convert an official RobustMedCLIP lora_weights.safetensors instead of training")
+    p.add_argument("--blocks", help="block indices of the imported file (default: all)")
+    p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("models", help="list the model registry")
     p.set_defaults(func=cmd_models)

@@ -8,37 +8,19 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from scipy.ndimage import gaussian_filter, map_coordinates
 
-from conftest import synthetic_images
 from medrobust.corruptions._random import ImageRandom
-from medrobust.corruptions.functional import weather
+from medrobust.corruptions.functional import geometric
 from medrobust.corruptions.functional.geometric import elastic_transform
 
+NAME = "elastic_transform"  # the random streams' corruption name
 ALPHAS = [250 * 0.05, 250 * 0.065, 250 * 0.085, 250 * 0.1, 250 * 0.12]  # severities 1-5
 
 
-def _nchw(arr: np.ndarray) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(arr))
-    return t[:, None] if t.ndim == 3 else t.permute(0, 3, 1, 2).contiguous()
-
-
-def _upsample(arr: np.ndarray, size: int) -> np.ndarray:
-    return np.stack([np.asarray(Image.fromarray(a).resize((size, size), Image.BICUBIC)) for a in arr])
-
-
-def _rng(n: int, seed: int = 0, severity: int = 3) -> ImageRandom:
-    return ImageRandom.for_images(seed, "elastic_transform", severity, range(n))
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-image PSNR of uint8 batches (first axis)."""
-    diff = a.reshape(len(a), -1).astype(np.float64) - b.reshape(len(b), -1)
-    return 10 * np.log10(255.0**2 / np.maximum((diff**2).mean(1), 1e-10))
-
-
-def reference_elastic(image: np.ndarray, alpha: float, dx_raw: np.ndarray, dy_raw: np.ndarray) -> np.ndarray:
+def reference_elastic(
+    image: np.ndarray, alpha: float, dx_raw: np.ndarray, dy_raw: np.ndarray
+) -> np.ndarray:
     """imagecorruptions' elastic_transform (float64) for an (H, W) or (H, W, C) uint8 image,
     given its two raw U(-0.005 H, 0.005 H) offset fields."""
     x = image.astype(np.float64) / 255.0
@@ -60,26 +42,33 @@ def _reference_batch(arr: np.ndarray, alpha: float, raw: np.ndarray) -> np.ndarr
     return np.stack([reference_elastic(a, alpha, r[0], r[1]) for a, r in zip(arr, raw, strict=True)])
 
 
-def _ours(arr: np.ndarray, alpha: float, rng: ImageRandom) -> np.ndarray:
-    out = elastic_transform(_nchw(arr), alpha, rng=rng)
-    return out[:, 0].numpy() if arr.ndim == 3 else out.permute(0, 2, 3, 1).numpy()
+@pytest.fixture(scope="module")
+def corrupt(nchw, to_numpy):
+    """``elastic_transform`` of NumPy images, as NumPy images: ``corrupt(arr, alpha, rng)``."""
+
+    def run(arr: np.ndarray, alpha: float, rng: ImageRandom) -> np.ndarray:
+        return to_numpy(elastic_transform(nchw(arr), alpha, rng=rng))
+
+    return run
 
 
 @pytest.mark.parametrize("size", [28, 96])
 @pytest.mark.parametrize("dataset", ["breast", "retina"])
-def test_matches_float64_reference_with_the_same_offsets(dataset, size, breast_images, retina_images):
+def test_matches_float64_reference_with_the_same_offsets(
+    dataset, size, breast_images, retina_images, upsample, streams, corrupt
+):
     """Given the offsets we drew, the result is the reference's up to float32 rounding."""
     arr = breast_images if dataset == "breast" else retina_images
-    arr = arr if size == 28 else _upsample(arr[:3], size)
-    raw = _rng(len(arr)).uniform((2, size, size), -0.005 * size, 0.005 * size).numpy()
+    arr = arr if size == 28 else upsample(arr[:3], size)
+    raw = streams(len(arr), NAME).uniform((2, size, size), -0.005 * size, 0.005 * size).numpy()
     for alpha in (ALPHAS[0], ALPHAS[-1]):
-        ours = _ours(arr, alpha, _rng(len(arr))).astype(int)
+        ours = corrupt(arr, alpha, streams(len(arr), NAME)).astype(int)
         ref = _reference_batch(arr, alpha, raw)
         assert np.abs(ours - ref).max() <= 1
         assert np.abs(ours - ref).mean() < 0.05
 
 
-def test_mean_psnr_matches_reference_with_independent_draws(breast_images):
+def test_mean_psnr_matches_reference_with_independent_draws(breast_images, psnr, streams, corrupt):
     """Our random stream gives the reference's distribution: mean PSNR within 0.5 dB."""
     arr = np.concatenate([breast_images] * 16)  # 128 samples per severity
     size = arr.shape[1]
@@ -87,32 +76,29 @@ def test_mean_psnr_matches_reference_with_independent_draws(breast_images):
     for severity in (1, 5):
         alpha = ALPHAS[severity - 1]
         raw = gen.uniform(-0.005 * size, 0.005 * size, (len(arr), 2, size, size))
-        ref = _psnr(_reference_batch(arr, alpha, raw), arr).mean()
-        ours = _psnr(_ours(arr, alpha, _rng(len(arr), severity=severity)), arr).mean()
+        ref = psnr(arr, _reference_batch(arr, alpha, raw)).mean()
+        ours = psnr(arr, corrupt(arr, alpha, streams(len(arr), NAME, severity=severity))).mean()
         assert abs(ours - ref) < 0.5
 
 
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("size", [28, 224])
-def test_shape_dtype_and_input_untouched(channels, size):
-    images = synthetic_images(2, channels, size)
-    before = images.clone()
-    out = elastic_transform(images, ALPHAS[2], rng=_rng(2))
-    assert out.shape == images.shape and out.dtype == torch.uint8
-    assert torch.equal(images, before)
+def test_shape_dtype_and_input_untouched(channels, size, streams, synthetic, check_contract):
+    images = synthetic(2, channels, size)
+    out = check_contract(lambda x: elastic_transform(x, ALPHAS[2], rng=streams(2, NAME)), images)
     assert not torch.equal(out, images)
 
 
-def test_non_square_image():
-    images = synthetic_images(2, 3, 44)[..., 7:37, :].contiguous()
-    raw = _rng(2).uniform((2, 30, 44), -0.15, 0.15).numpy()
-    ours = elastic_transform(images, ALPHAS[4], rng=_rng(2)).permute(0, 2, 3, 1).numpy()
-    ref = _reference_batch(images.permute(0, 2, 3, 1).numpy(), ALPHAS[4], raw)
+def test_non_square_image(to_numpy, streams, synthetic):
+    images = synthetic(2, 3, 44)[..., 7:37, :].contiguous()
+    raw = streams(2, NAME).uniform((2, 30, 44), -0.15, 0.15).numpy()
+    ours = to_numpy(elastic_transform(images, ALPHAS[4], rng=streams(2, NAME)))
+    ref = _reference_batch(to_numpy(images), ALPHAS[4], raw)
     assert np.abs(ours.astype(int) - ref).max() <= 1
 
 
-def test_batch_invariance_and_chunking(retina_images, monkeypatch):
-    images = _nchw(retina_images)
+def test_batch_invariance_and_chunking(retina_images, monkeypatch, nchw):
+    images = nchw(retina_images)
     indices = [3, 11, 5, 40, 2, 9, 17, 8]
     batch = elastic_transform(images, ALPHAS[3], rng=ImageRandom.for_images(1, "elastic", 4, indices))
     single = torch.cat(
@@ -122,53 +108,53 @@ def test_batch_invariance_and_chunking(retina_images, monkeypatch):
         ]
     )
     assert torch.equal(batch, single)
-    monkeypatch.setattr(weather, "_CPU_CHUNK_ELEMENTS", 3 * 3 * 28 * 28)  # 3 images per slice
+    monkeypatch.setattr(geometric, "_CPU_CHUNK_ELEMENTS", 3 * 3 * 28 * 28)  # 3 images per slice
     chunked = elastic_transform(images, ALPHAS[3], rng=ImageRandom.for_images(1, "elastic", 4, indices))
     assert torch.equal(batch, chunked)
 
 
-def test_seeds_differ_and_repeat(breast_images):
-    images = _nchw(breast_images)
-    a = elastic_transform(images, ALPHAS[2], rng=_rng(8, seed=0))
-    b = elastic_transform(images, ALPHAS[2], rng=_rng(8, seed=1))
-    assert torch.equal(a, elastic_transform(images, ALPHAS[2], rng=_rng(8, seed=0)))
+def test_seeds_differ_and_repeat(breast_images, nchw, streams):
+    images = nchw(breast_images)
+    a = elastic_transform(images, ALPHAS[2], rng=streams(8, NAME, seed=0))
+    b = elastic_transform(images, ALPHAS[2], rng=streams(8, NAME, seed=1))
+    assert torch.equal(a, elastic_transform(images, ALPHAS[2], rng=streams(8, NAME, seed=0)))
     assert (a != b).any(dim=(1, 2, 3)).all()
 
 
-def test_grey_equals_each_channel_of_grey_rgb(breast_images):
-    grey = _nchw(breast_images)
-    out_grey = elastic_transform(grey, ALPHAS[4], rng=_rng(8))
-    out_rgb = elastic_transform(grey.expand(-1, 3, -1, -1).contiguous(), ALPHAS[4], rng=_rng(8))
+def test_grey_equals_each_channel_of_grey_rgb(breast_images, nchw, streams):
+    grey = nchw(breast_images)
+    out_grey = elastic_transform(grey, ALPHAS[4], rng=streams(8, NAME))
+    out_rgb = elastic_transform(grey.expand(-1, 3, -1, -1).contiguous(), ALPHAS[4], rng=streams(8, NAME))
     assert torch.equal(out_rgb, out_grey.expand(-1, 3, -1, -1))
 
 
-def test_zero_alpha_is_identity_up_to_truncation(retina_images):
+def test_zero_alpha_is_identity_up_to_truncation(retina_images, nchw, streams):
     """With no displacement only float32 rounding of the sampling grid remains: values can
     land a hair below k/255 and truncate to k - 1, never further."""
-    images = _nchw(retina_images)
-    diff = elastic_transform(images, 0.0, rng=_rng(8)).int() - images.int()
+    images = nchw(retina_images)
+    diff = elastic_transform(images, 0.0, rng=streams(8, NAME)).int() - images.int()
     assert diff.min() >= -1 and diff.max() == 0
 
 
-def test_severity_monotone_in_psnr(breast_images, retina_images):
+def test_severity_monotone_in_psnr(breast_images, retina_images, psnr, streams, corrupt):
     for arr in (breast_images, retina_images):
         arr = np.concatenate([arr] * 4)
         means = [
-            _psnr(_ours(arr, alpha, _rng(len(arr), severity=s)), arr).mean()
+            psnr(arr, corrupt(arr, alpha, streams(len(arr), NAME, severity=s))).mean()
             for s, alpha in enumerate(ALPHAS, 1)
         ]
         assert all(a > b for a, b in itertools.pairwise(means)), means
 
 
-def test_bad_input():
-    images = synthetic_images(2, 3, 28)
+def test_bad_input(streams, synthetic):
+    images = synthetic(2, 3, 28)
     with pytest.raises(TypeError, match="alpha"):
-        elastic_transform(images, (1.0,), rng=_rng(2))
+        elastic_transform(images, (1.0,), rng=streams(2, NAME))
     with pytest.raises(ValueError, match="alpha"):
-        elastic_transform(images, -1.0, rng=_rng(2))
+        elastic_transform(images, -1.0, rng=streams(2, NAME))
     with pytest.raises(ValueError, match="streams"):
-        elastic_transform(images, 1.0, rng=_rng(3))
+        elastic_transform(images, 1.0, rng=streams(3, NAME))
     with pytest.raises(TypeError, match="ImageRandom"):
         elastic_transform(images, 1.0, rng=np.random.default_rng(0))
     with pytest.raises(TypeError, match="uint8"):
-        elastic_transform(images.float(), 1.0, rng=_rng(2))
+        elastic_transform(images.float(), 1.0, rng=streams(2, NAME))

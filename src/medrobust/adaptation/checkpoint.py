@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -151,7 +152,9 @@ def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
         )
     config = json.loads(path.read_text(encoding="utf-8"))
     if config.get("format") != ADAPTER_FORMAT:
-        raise ValueError(f"{path} is not a {ADAPTER_FORMAT} config (format {config.get('format')!r})")
+        raise ValueError(
+            f"{path} is not a {ADAPTER_FORMAT} config (format {config.get('format')!r})"
+        )
     if int(config.get("format_version", 0)) > FORMAT_VERSION:
         raise ValueError(
             f"{path} has format version {config['format_version']}; this medrobust reads up to "
@@ -171,7 +174,8 @@ def _build_base(
 ) -> ModelAdapter:
     cache = {"cache_dir": cache_dir} if cache_dir is not None else {}
     if base_model is not None:
-        return prepare_base(base_model, torch.device(device), cache if isinstance(base_model, str) else {})
+        kwargs = cache if isinstance(base_model, str) else {}
+        return prepare_base(base_model, torch.device(device), kwargs)
     source = config["base"].get("source", {})
     kind = source.get("kind")
     if kind == "create_model":
@@ -190,9 +194,8 @@ def _adapted_identity(
     """Give the adapted model its own name, weights id/hash and spec (provenance)."""
     label = config.get("label") or folder.name
     name = f"{model.name}+lora:{label}" + (":merged" if merged else "")
-    combined = hashlib.sha256(
-        f"{model.weights_hash}|{config['base']['vision_sha256']}|{config['adapter_sha256']}".encode()
-    ).hexdigest()
+    parts = (model.weights_hash, config["base"]["vision_sha256"], config["adapter_sha256"])
+    combined = hashlib.sha256("|".join(parts).encode()).hexdigest()
     model.info = dataclasses.replace(
         model.info,
         name=name,
@@ -247,7 +250,7 @@ def load_adapted_model(
     lora = config["lora"]
     settings = LoraSettings(
         rank=int(lora["rank"]), alpha=lora["alpha"], dropout=float(lora["dropout"]),
-        targets=tuple(lora["modules"]),
+        targets="|".join(re.escape(m) for m in lora["modules"]),  # exactly the trained layers
     )
     apply_lora(model, settings, verify=False)
     state = load_file(str(folder / ADAPTER_WEIGHTS))

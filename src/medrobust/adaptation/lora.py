@@ -20,10 +20,13 @@ B = 0: the gradient of a random projection of the output w.r.t. each ``lora_B`` 
 non-zero); a layer the model calls functionally (``MultiheadAttention.out_proj``, the
 attention pool of open_clip's ResNet) would otherwise train and save weights that do nothing.
 
-peft's own nn.MultiheadAttention layer merges ``W + BA`` before and subtracts ``BA`` after each
-forward, so the frozen base weights drift by rounding at every call; :class:`ExactMultiheadAttention`
-computes with ``W + BA`` while keeping ``W`` itself untouched, so a saved adapter reproduces the
-trained model bit for bit.
+peft 0.21's nn.MultiheadAttention layer has two defects: it adds ``BA`` to the frozen weights
+before each forward and subtracts it after, so the base weights drift by rounding at every call
+(a saved adapter then no longer reproduces the trained model), and it applies the out_proj
+update twice (``W_out + 2 s B A``: once directly, once more through the out_proj layer's own
+merge), in its forward and in its merge. :class:`ExactMultiheadAttention` computes with
+``W + s B A`` for in_proj and out_proj, once each, while leaving ``W`` untouched, and merges the
+same update once.
 """
 
 from __future__ import annotations
@@ -73,12 +76,38 @@ class InertTargetError(ValueError):
 
 
 class ExactMultiheadAttention(_PeftMultiheadAttention):
-    """peft's MultiheadAttention LoRA without base-weight drift (see the module docstring).
+    """peft's MultiheadAttention LoRA, corrected (see the module docstring).
 
     The attention runs with ``in_proj_weight + delta`` and ``out_proj.weight + delta`` as
     plain tensors; the original Parameters are put back untouched afterwards. LoRA dropout
     cannot act on a merged weight, so :func:`apply_lora` rejects ``dropout > 0`` for this layer.
     """
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        raise NotImplementedError(
+            "in-place merge of a MultiheadAttention LoRA is not supported (peft's adds the "
+            "out_proj update twice); use medrobust.adaptation.merge_lora"
+        )
+
+    def unload_and_optionally_merge_module(
+        self, merge: bool, safe_merge: bool, adapter_names: list[str] | None
+    ) -> nn.MultiheadAttention:
+        """The plain nn.MultiheadAttention, with the LoRA update added once if ``merge``."""
+        self._restore_weights()
+        base = self.get_base_layer()
+        out_lora = base.out_proj
+        out_base = out_lora.get_base_layer()
+        if merge:
+            names = adapter_names or [a for a in self.active_adapters if a in self.lora_A]
+            with torch.no_grad():
+                new_in = base.in_proj_weight + sum(self.get_delta_weight(a) for a in names)
+                new_out = out_base.weight + sum(out_lora.get_delta_weight(a) for a in names)
+                if safe_merge and not (new_in.isfinite().all() and new_out.isfinite().all()):
+                    raise ValueError("non-finite values in the merged MultiheadAttention weights")
+                base.in_proj_weight.copy_(new_in)
+                out_base.weight.copy_(new_out)
+        base.out_proj = out_base
+        return base
 
     def forward(self, query: Tensor, *args: Any, **kwargs: Any) -> Any:
         active = [a for a in self.active_adapters if a in self.lora_A]
@@ -152,7 +181,8 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         _HF + r"self_attn\.q_proj",
         {
             "attention": _HF + r"self_attn\.(q_proj|k_proj|v_proj)",
-            "attention+mlp": _HF + r"(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.fc1|mlp\.fc2)",
+            "attention+mlp": _HF
+            + r"(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.fc1|mlp\.fc2)",
         },
         "attention",
     ),
@@ -160,7 +190,8 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         "hf-swin",
         _SWIN + r"attention\.(q_proj|self\.query)",
         {
-            "attention": _SWIN + r"attention\.(q_proj|k_proj|v_proj|self\.query|self\.key|self\.value)",
+            "attention": _SWIN
+            + r"attention\.(q_proj|k_proj|v_proj|self\.query|self\.key|self\.value)",
             "attention+mlp": _SWIN
             + r"(attention\.(q_proj|k_proj|v_proj|o_proj|self\.query|self\.key|self\.value"
             r"|output\.dense)|mlp\.fc1|mlp\.fc2|intermediate\.dense|output\.dense)",
@@ -288,8 +319,9 @@ def resolve_targets(vision: nn.Module, targets: str | Sequence[str] | None) -> l
         elif targets in _ALL_PRESETS:
             allowed = sorted(arch.presets) if arch else []
             raise ValueError(
-                f"target preset {targets!r} does not apply to this {arch.name if arch else 'unknown'} "
-                f"vision tower; presets here: {allowed}, or pass a regex / module names"
+                f"target preset {targets!r} does not apply to this "
+                f"{arch.name if arch else 'unknown'} vision tower; presets here: {allowed}, or "
+                "pass a regex / module names"
             )
         else:
             names = _regex_matches(vision, targets)
@@ -426,14 +458,9 @@ def verify_lora_effective(model: ModelAdapter) -> None:
         )
     for module, flag in zip(model.modules(), was_training, strict=True):
         module.training = flag
-    unused = sorted({n.split(".lora_B.")[0] for (n, _), g in zip(params, grads, strict=True) if g is None})
-    zero = sorted(
-        {
-            n.split(".lora_B.")[0]
-            for (n, _), g in zip(params, grads, strict=True)
-            if g is not None and not bool(torch.any(g != 0))
-        }
-    )
+    pairs = [(n.split(".lora_B.")[0], g) for (n, _), g in zip(params, grads, strict=True)]
+    unused = sorted({n for n, g in pairs if g is None})
+    zero = sorted({n for n, g in pairs if g is not None and not bool(torch.any(g != 0))})
     problems = []
     if unused:
         problems.append(

@@ -38,7 +38,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -52,7 +51,6 @@ from medrobust.models import ModelAdapter
 
 from .checkpoint import (
     ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
     STATE_FILE,
     base_source,
     load_train_state,
@@ -76,6 +74,7 @@ __all__ = ["MONITORS", "PRECISIONS", "AdaptConfig", "LoraTrainer", "adapt", "cos
 PRECISIONS = ("auto", "fp32", "bf16")
 MONITORS = ("balanced_accuracy", "loss")
 _DEVICE_BYTES = 2 << 30  # few-shot images up to this size live on the accelerator
+_CACHE_BYTES = 4 << 30  # few-shot images up to this size are resized once, not every step
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -421,6 +420,28 @@ def _batch_plan(
     return [plan[k] for k in order]
 
 
+def _stage_images(
+    tasks: Sequence[_Task], resize_to: int | None, device: torch.device
+) -> int | None:
+    """Resize the few-shot images to ``resize_to`` once (resizing is per image and
+    deterministic, so this equals resizing every batch) and keep them on the accelerator when
+    they fit. Returns the size the trainer must still resize to per batch (None when done)."""
+    total = 0
+    for t in tasks:
+        n, c, h, w = t.images.shape
+        total += n * c * (resize_to * resize_to if resize_to else h * w)
+    if resize_to is not None and total > _CACHE_BYTES:
+        return resize_to
+    on_device = device.type == "cuda" and total <= _DEVICE_BYTES
+    target = device if on_device else torch.device("cpu")
+    for t in tasks:
+        if resize_to is not None:
+            chunks = [t.images[i : i + 256].to(device) for i in range(0, len(t.images), 256)]
+            t.images = torch.cat([prepare_images(c, resize_to).to(target) for c in chunks])
+        t.images, t.labels = t.images.to(target), t.labels.to(target)
+    return None
+
+
 def _epoch_seed(seed: int, purpose: str, epoch: int) -> int:
     return derive_seed(seed, f"adapt/{purpose}", 0, epoch)
 
@@ -428,8 +449,9 @@ def _epoch_seed(seed: int, purpose: str, epoch: int) -> int:
 @contextlib.contextmanager
 def _seeded_global_rng(device: torch.device, seed: int) -> Iterator[None]:
     """LoRA dropout draws from torch's global RNG: seed it for the block, restore it after."""
-    cuda = device.type == "cuda"
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if cuda else []
+    devices = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
@@ -534,8 +556,8 @@ def adapt(
             stop), monitor ('balanced_accuracy' or 'loss'): optimisation and selection.
         joint_labels: score every batch against all datasets' classes (``dataset/class``).
         templates: prompt templates (default: the model's own, as in ``medrobust eval``).
-        val_split, val_limit: validation data (never 'test'); at most ``val_limit`` images
-            per dataset, stratified.
+        val_split, val_limit: validation data (never 'test'); a stratified subset of about
+            ``val_limit`` images per dataset (each class rounded, at least one).
         data_root, data_size, resize: where datasets are read, which MedMNIST size, and
             whether images are first resized to the suite's 224 px as in ``medrobust eval``.
         precision: 'auto' (bf16 autocast on GPU, fp32 on CPU), 'fp32' or 'bf16'.
@@ -584,19 +606,17 @@ def adapt(
         )
     heads, joint_keys = _heads(tasks, cfg.joint_labels)
     modules = apply_lora(net, settings, seed=_epoch_seed(cfg.seed, "lora-init", 0))
-    for t in tasks:
-        if dev.type == "cuda" and t.images.numel() < _DEVICE_BYTES:
-            t.images, t.labels = t.images.to(dev), t.labels.to(dev)
+    reference = tasks[0].augment.suite.reference_size if tasks[0].augment else REFERENCE_SIZE
+    resize_to = reference if cfg.resize else None
+    per_step_resize = _stage_images(tasks, resize_to, dev)
 
     batches = sum(math.ceil(len(t.labels) / cfg.batch_size) for t in tasks)
     steps_per_epoch = math.ceil(batches / cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.epochs
-    reference = tasks[0].augment.suite.reference_size if tasks[0].augment else REFERENCE_SIZE
-    resize_to = reference if cfg.resize else None
     trainer = LoraTrainer(
         net, heads, lr=cfg.lr, weight_decay=cfg.weight_decay, total_steps=total_steps,
         warmup_steps=cfg.warmup_steps(total_steps), grad_accum=cfg.grad_accum, amp_dtype=amp,
-        resize_to=resize_to,
+        resize_to=per_step_resize,
     )
     config: dict[str, Any] = {
         "label": label or out.name,
@@ -650,12 +670,14 @@ def adapt(
                 "base": {k: base[k] for k in ("name", "weights_hash", "vision_sha256")},
                 "lora": config["lora"],
                 "cfg": dataclasses.asdict(cfg),
+                "amp": str(amp),
                 "data": [{k: v for k, v in t.record.items() if k != "source"} for t in tasks],
             },
             sort_keys=True,
             default=str,
         ).encode()
     ).hexdigest()
+    config["run_fingerprint"] = fingerprint
     return _train(net, tasks, trainer, cfg, config, fingerprint, out, dev, resize_to, resume,
                   progress, say, callback)
 
@@ -679,6 +701,7 @@ def _train(
     state_path = out / STATE_FILE
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
+    best_lora: dict[str, Tensor] = {}
     bad_epochs, start = 0, 0
     if state_path.is_file():
         state = load_train_state(state_path)
@@ -695,13 +718,17 @@ def _train(
         load_lora_state_dict(net, state["lora"])
         trainer.load_state_dict(state["trainer"])
         history, best = list(state["history"]), dict(state["best"])
+        best_lora = dict(state["best_lora"])
         bad_epochs, start = int(state["bad_epochs"]), int(state["epoch"]) + 1
         say(f"{out}: resuming after epoch {state['epoch']}")
     elif (out / ADAPTER_CONFIG).exists():
-        raise FileExistsError(f"{out} already holds an adapter; choose another out_dir")
+        previous = json.loads((out / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+        if previous.get("run_fingerprint") != fingerprint:
+            raise FileExistsError(f"{out} already holds an adapter; choose another out_dir")
 
-    stopped_early = cfg.patience is not None and bad_epochs >= cfg.patience
-    for epoch in range(start, 0 if stopped_early else cfg.epochs + 1):
+    patience_spent = cfg.patience is not None and bad_epochs >= cfg.patience
+    stopped_early = patience_spent and start <= cfg.epochs
+    for epoch in range(start, 0 if patience_spent else cfg.epochs + 1):
         started = time.perf_counter()
         train_loss = None
         if epoch > 0:
@@ -720,24 +747,28 @@ def _train(
             "seconds": time.perf_counter() - started,
         }
         history.append(record)
+        lora = lora_state_dict(net)
         if improved:
-            best, bad_epochs = {"epoch": epoch, "value": value, "validation": val}, 0
-            save_adapter(net, out, _final_config(config, history, best, cfg, complete=False))
+            best = {"epoch": epoch, "value": value, "validation": val}
+            best_lora, bad_epochs = lora, 0
         else:
             bad_epochs += 1
         stop = cfg.patience is not None and bad_epochs >= cfg.patience
         finished = stop or epoch == cfg.epochs
-        save_train_state(out / STATE_FILE, {
+        save_train_state(state_path, {
             "fingerprint": fingerprint,
             "epoch": epoch,
             "finished": False,
-            "lora": lora_state_dict(net),
+            "lora": lora,
+            "best_lora": best_lora,
             "trainer": trainer.state_dict(),
             "history": history,
             "best": best,
             "bad_epochs": bad_epochs,
             "rng": {"seed": cfg.seed, "next_epoch": epoch + 1},
         })
+        if improved:  # after the state: the state alone is enough to finish the run
+            save_adapter(net, out, _final_config(config, history, best, cfg, complete=False))
         loss_text = "-" if train_loss is None else f"{train_loss:.4f}"
         say(f"epoch {epoch}/{cfg.epochs}: train loss {loss_text}, val {cfg.monitor} "
             f"{value:.4f}{' (best)' if improved else ''}")
@@ -750,7 +781,7 @@ def _train(
             break
 
     assert best is not None
-    load_lora_state_dict(net, load_file(str(out / ADAPTER_WEIGHTS)))
+    load_lora_state_dict(net, best_lora)
     final = _final_config(config, history, best, cfg, complete=True, stopped_early=stopped_early)
     save_adapter(net, out, final)
     state = load_train_state(state_path)

@@ -34,7 +34,8 @@ def check_not_test(split: str, what: str = "few-shot training data") -> None:
     if str(split).strip().lower() == TEST_SPLIT:
         raise ValueError(
             f"{what} must not come from the 'test' split: it is reserved for the final "
-            "evaluation (choosing data or checkpoints on it leaks the test set). Use 'train' or 'val'."
+            "evaluation (choosing data or checkpoints on it leaks the test set). Use 'train' or "
+            "'val'."
         )
 
 

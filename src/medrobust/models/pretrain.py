@@ -26,7 +26,7 @@ import json
 import math
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ __all__ = [
     "CAPTION_TEMPLATES",
     "DEFAULT_DATASETS",
     "PretrainResult",
+    "batch_loss",
     "build_captions",
     "contrastive_loss",
     "pretrain",
@@ -110,6 +111,28 @@ def contrastive_loss(
     per_image = -(targets * logits.log_softmax(dim=1)).sum(dim=1).mean()
     per_text = -(targets * logits.log_softmax(dim=0)).sum(dim=0).mean()
     return 0.5 * (per_image + per_text)
+
+
+def batch_loss(
+    model: ModelAdapter,
+    pixels: Tensor,
+    tokens: Mapping[str, Tensor],
+    captions: Tensor,
+    labels: Tensor,
+) -> Tensor:
+    """The contrastive loss of one batch of an open_clip adapter (with gradients).
+
+    ``pixels`` are preprocessed images (N, 3, S, S), ``tokens`` the tokenizer output of the
+    caption bank, ``captions`` (N,) the bank row of each image's caption and ``labels`` (N,)
+    the class of each pair. Each distinct caption goes through the text tower once.
+    """
+    device = model.device
+    unique, inverse = torch.unique(captions, return_inverse=True)
+    text = model.encode_text({k: v[unique.to(v.device)] for k, v in tokens.items()})
+    return contrastive_loss(
+        model.encode_image(pixels.to(device)), text[inverse.to(device)], labels.to(device),
+        model.model.logit_scale.exp(),
+    )
 
 
 def random_resized_crop_flip(
@@ -196,11 +219,11 @@ def _sampling_weights(split: _Split) -> Tensor:
 
 
 def _param_groups(model: ModelAdapter, weight_decay: float) -> list[dict[str, Any]]:
-    """open_clip's split: no weight decay on gains, biases, norms and the logit scale."""
+    """open_clip's split: no weight decay on gains, biases, norms and the logit scale (the
+    parameters with fewer than two dimensions)."""
     decay, no_decay = [], []
-    for name, p in model.model.named_parameters():
-        exempt = p.ndim < 2 or "bias" in name or ".ln" in name or "logit_scale" in name
-        (no_decay if exempt else decay).append(p)
+    for p in model.model.parameters():
+        (no_decay if p.ndim < 2 else decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -334,18 +357,13 @@ def pretrain(
         losses = []
         for batch in range(steps_per_epoch):
             rows = order[batch * batch_size : (batch + 1) * batch_size]
-            pixels = random_resized_crop_flip(train.pixels[rows].float(), generator).to(device)
+            pixels = random_resized_crop_flip(train.pixels[rows].float(), generator)
             classes = train.classes[rows]
             # A few templates per step keep the text tower's batch (unique captions) small.
             step_templates = torch.randperm(per_class, generator=generator)[:templates_per_step]
             pick = torch.randint(len(step_templates), (len(rows),), generator=generator)
             caption = classes * per_class + step_templates[pick]
-            unique, inverse = torch.unique(caption, return_inverse=True)
-            text = model.encode_text({k: v[unique.to(device)] for k, v in tokens.items()})
-            loss = contrastive_loss(
-                model.encode_image(pixels), text[inverse.to(device)], classes.to(device),
-                logit_scale.exp(),
-            )
+            loss = batch_loss(model, pixels, tokens, caption, classes)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,18 +1,74 @@
-"""Tensor helpers shared by the corruption functions (float conversion, filtering)."""
+"""Helpers shared by the corruption functions of this package.
+
+Everything here is public within ``medrobust.corruptions.functional`` and is the one copy the
+modules use (no module imports a private name from a sibling):
+
+* validation: ``check_images``, ``check_rng``, ``check_real``, ``check_int``, ``check_tuple``,
+  ``check_factor`` (errors say what was wrong and what is allowed);
+* conversion: ``to_float``, ``to_uint8``, ``rgb_to_l`` (PIL's integer ``convert('L')``) and
+  ``rgb_to_grey_cv2`` (OpenCV's float ``COLOR_RGB2GRAY``);
+* batching: ``chunk_length``, ``batch_slices``, ``map_chunks`` (cache-sized slices of a batch
+  on CPU, the whole batch elsewhere; results do not depend on the slicing);
+* borders and filters: ``border_index``, ``pad2d``, ``gaussian_taps``, ``filter_matrix``,
+  ``separable_filter``, ``correlate1d``, ``gaussian_filter``;
+* ``clipped_zoom`` (ImageNet-C's centre crop and bilinear zoom).
+
+Border modes, named as in torch and OpenCV: ``reflect`` mirrors about the edge sample
+(OpenCV BORDER_REFLECT_101), ``symmetric`` mirrors with the edge sample repeated (SciPy
+``reflect``, OpenCV BORDER_REFLECT), ``replicate`` repeats the edge sample (SciPy ``nearest``),
+``zeros`` pads with 0 (``pad2d`` only).
+"""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from numbers import Integral, Real
 
 import torch
 import torch.nn.functional as F
 
+from medrobust.corruptions._random import ImageRandom
+
 __all__ = [
+    "CPU_CHUNK_ELEMENTS",
+    "batch_slices",
+    "border_index",
+    "check_factor",
     "check_images",
-    "depthwise_conv2d",
-    "gaussian_kernel1d",
-    "separable_conv2d",
+    "check_int",
+    "check_real",
+    "check_rng",
+    "check_tuple",
+    "chunk_length",
+    "clipped_zoom",
+    "correlate1d",
+    "filter_matrix",
+    "gaussian_filter",
+    "gaussian_taps",
+    "map_chunks",
+    "pad2d",
+    "rgb_to_grey_cv2",
+    "rgb_to_l",
+    "separable_filter",
     "to_float",
     "to_uint8",
 ]
+
+# Default CPU chunk: the float temporaries of about this many elements stay in cache; a whole
+# 224 px batch at once is several times slower on CPU.
+CPU_CHUNK_ELEMENTS = 1 << 17
+
+# PIL's RGB -> L conversion (ITU-R 601-2 in 16-bit fixed point, rounded): Convert.c ``L24``.
+_PIL_L_WEIGHTS = (19595, 38470, 7471)
+# OpenCV's COLOR_RGB2GRAY weights on float images (ITU-R 601-2).
+_CV2_GREY_WEIGHTS = (0.299, 0.587, 0.114)
+
+_BORDER_MODES = ("reflect", "symmetric", "replicate")
+_PAD_MODES = (*_BORDER_MODES, "zeros")
+
+
+# ----------------------------------------------------------------------------- validation
 
 
 def check_images(images: torch.Tensor) -> None:
@@ -25,6 +81,73 @@ def check_images(images: torch.Tensor) -> None:
         raise ValueError(
             f"images must have shape (N, C, H, W) with C = 1 or 3, got {tuple(images.shape)}"
         )
+
+
+def check_rng(rng: object, images: torch.Tensor) -> ImageRandom:
+    """``rng``, checked to be an ``ImageRandom`` with one stream per image of ``images``."""
+    if not isinstance(rng, ImageRandom):
+        raise TypeError(f"rng must be an ImageRandom, got {type(rng).__name__}")
+    if len(rng) != images.shape[0]:
+        raise ValueError(f"rng has {len(rng)} streams for a batch of {images.shape[0]} images")
+    return rng
+
+
+def check_real(
+    name: str,
+    value: object,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+) -> float:
+    """``value`` as a float, or a clear error unless it is a finite real number in range.
+
+    ``low`` and ``high`` are inclusive bounds (``low`` exclusive when ``low_open``). NumPy
+    scalars are real numbers; ``bool`` is not.
+    """
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    x = float(value)
+    if not math.isfinite(x):
+        raise ValueError(f"{name} must be finite, got {x}")
+    if low is not None and (x < low or (low_open and x == low)):
+        bound = ">" if low_open else ">="
+        raise ValueError(f"{name} must be {bound} {low}, got {x}")
+    if high is not None and x > high:
+        raise ValueError(f"{name} must be <= {high}, got {x}")
+    return x
+
+
+def check_int(name: str, value: object, *, low: int | None = None, high: int | None = None) -> int:
+    """``value`` as an int, or a clear error unless it is an integer in ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    v = int(value)
+    if (low is not None and v < low) or (high is not None and v > high):
+        if low is not None and high is not None:
+            allowed = f"in {low}..{high}"
+        else:
+            allowed = f">= {low}" if low is not None else f"<= {high}"
+        raise ValueError(f"{name} must be {allowed}, got {v}")
+    return v
+
+
+def check_tuple(name: str, param: object, fields: Sequence[str]) -> tuple:
+    """``param`` as a tuple of ``len(fields)`` items, or a TypeError naming the fields.
+
+    Only the arity is checked; each caller checks the items (``check_real``, ``check_int``).
+    """
+    if not isinstance(param, tuple | list) or len(param) != len(fields):
+        raise TypeError(f"{name} param must be a tuple ({', '.join(fields)}), got {param!r}")
+    return tuple(param)
+
+
+def check_factor(factor: object) -> float:
+    """A ``scale_<name>`` size factor: a finite number > 0."""
+    return check_real("factor", factor, low=0.0, low_open=True)
+
+
+# ----------------------------------------------------------------------------- conversion
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -46,42 +169,234 @@ def to_uint8(x: torch.Tensor, rounding: str = "truncate") -> torch.Tensor:
     return y.to(torch.uint8)
 
 
-def gaussian_kernel1d(sigma: float, radius: int | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Normalised 1-D Gaussian taps; radius defaults to SciPy's ``int(4 sigma + 0.5)``."""
-    if radius is None:
-        radius = max(1, int(4.0 * sigma + 0.5))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float64, device=device)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    return (k / k.sum()).to(torch.float32)
+def rgb_to_l(rgb: torch.Tensor) -> torch.Tensor:
+    """PIL ``convert('L')`` of uint8 RGB images (N, 3, H, W) -> (N, 1, H, W), bit-exact.
 
-
-def depthwise_conv2d(x: torch.Tensor, kernel: torch.Tensor, padding_mode: str = "reflect") -> torch.Tensor:
-    """Convolve every channel of float images ``x`` (N, C, H, W) with a 2-D kernel.
-
-    ``kernel`` is (kh, kw), shared by the batch, or (N, kh, kw), one per image. Odd sizes.
-    Padding keeps the size; ``padding_mode`` is any of ``F.pad``'s modes, or ``zeros``.
-    This is correlation, as ``cv2.filter2D`` computes.
+    ITU-R 601-2 luma in 16-bit fixed point, rounded: what the reference pipelines' final
+    grey conversion computes. Use ``rgb_to_grey_cv2`` where a reference converts floats.
     """
-    n, c, h, w = x.shape
-    kh, kw = kernel.shape[-2:]
-    pad = (kw // 2, kw - 1 - kw // 2, kh // 2, kh - 1 - kh // 2)
-    mode = "constant" if padding_mode == "zeros" else padding_mode
-    xp = F.pad(x, pad, mode=mode)
-    kernel = kernel.to(dtype=x.dtype, device=x.device)
-    if kernel.ndim == 2:
-        weight = kernel.expand(c, 1, kh, kw)
-        return F.conv2d(xp, weight, groups=c)
-    weight = kernel[:, None].expand(n, c, kh, kw).reshape(n * c, 1, kh, kw)
-    out = F.conv2d(xp.reshape(1, n * c, *xp.shape[-2:]), weight, groups=n * c)
-    return out.reshape(n, c, h, w)
+    x = rgb.to(torch.int32)
+    wr, wg, wb = _PIL_L_WEIGHTS
+    luma = x[:, 0:1] * wr
+    luma.add_(x[:, 1:2], alpha=wg).add_(x[:, 2:3], alpha=wb).add_(0x8000)
+    return (luma >> 16).to(torch.uint8)
 
 
-def separable_conv2d(x: torch.Tensor, taps: torch.Tensor, padding_mode: str = "reflect") -> torch.Tensor:
-    """Convolve every channel with the same 1-D ``taps`` along rows, then columns."""
-    c = x.shape[1]
+def rgb_to_grey_cv2(x: torch.Tensor) -> torch.Tensor:
+    """OpenCV ``cvtColor(x, COLOR_RGB2GRAY)`` of float images (N, C, H, W) -> (N, 1, H, W).
+
+    A grey image (C = 1) is weighted as three equal channels, so that it gets exactly what
+    its RGB copy gets (the float32 weights do not sum to exactly 1).
+    """
+    red, green, blue = x.unbind(1) if x.shape[1] == 3 else (x[:, 0],) * 3
+    wr, wg, wb = _CV2_GREY_WEIGHTS
+    return (wr * red + wg * green + wb * blue)[:, None]
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def chunk_length(items: int, elements_per_item: int, chunk_elements: int) -> int:
+    """How many of ``items`` to process together so that a chunk holds ~``chunk_elements``.
+
+    At least 1, at most ``items``.
+    """
+    return min(items, max(1, chunk_elements // max(elements_per_item, 1)))
+
+
+def batch_slices(
+    x: torch.Tensor, chunk_elements: int = CPU_CHUNK_ELEMENTS, planes: int | None = None
+) -> list[slice]:
+    """Slices of the batch ``x`` (N, C, H, W) to process together.
+
+    On CPU, chunks of about ``chunk_elements`` elements, counting ``planes`` H x W planes per
+    image (the largest intermediate; default C), so that the working set stays in cache; on
+    other devices the whole batch. Never empty: an empty batch gives ``[slice(0, 0)]``.
+    """
+    n = x.shape[0]
+    if x.device.type != "cpu" or n == 0:
+        return [slice(0, n)]
+    per_image = x[0].numel() if planes is None else planes * x.shape[-2] * x.shape[-1]
+    step = chunk_length(n, per_image, chunk_elements)
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def map_chunks(
+    fn: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    *per_image: torch.Tensor,
+    chunk_elements: int = CPU_CHUNK_ELEMENTS,
+    planes: int | None = None,
+) -> torch.Tensor:
+    """``fn(x, *per_image)``, computed on the ``batch_slices`` of ``x`` and concatenated.
+
+    ``per_image`` tensors (one row per image, e.g. random draws) are sliced alongside ``x``.
+    ``fn`` must treat images independently, so that the result is the same as in one call.
+    """
+    n = x.shape[0]
+    for t in per_image:
+        if t.shape[0] != n:
+            raise ValueError(f"per-image tensor has {t.shape[0]} rows for a batch of {n}")
+    slices = batch_slices(x, chunk_elements, planes)
+    if len(slices) == 1:
+        return fn(x, *per_image)
+    return torch.cat([fn(x[sl], *(t[sl] for t in per_image)) for sl in slices])
+
+
+# ----------------------------------------------------------------------------- borders, filters
+
+
+def _check_mode(mode: str, allowed: Sequence[str]) -> None:
+    if mode not in allowed:
+        raise ValueError(f"border mode must be one of {', '.join(allowed)}; got {mode!r}")
+
+
+def border_index(idx: torch.Tensor, n: int, mode: str) -> torch.Tensor:
+    """Map integer positions ``idx`` into ``[0, n)`` by the border ``mode``, at any distance.
+
+    The reflections repeat periodically, as OpenCV's do, when the border is wider than the
+    signal; a single sample (n = 1) is repeated in every mode.
+    """
+    _check_mode(mode, _BORDER_MODES)
+    if mode == "replicate" or n == 1:
+        return idx.clamp(0, n - 1)
+    if mode == "symmetric":
+        period = 2 * n
+        m = idx.remainder(period)
+        return torch.where(m < n, m, period - 1 - m)
+    period = 2 * (n - 1)
+    m = idx.remainder(period)
+    return torch.where(m < n, m, period - m)
+
+
+def pad2d(x: torch.Tensor, pad_h: int, pad_w: int, mode: str) -> torch.Tensor:
+    """Pad the last two dims by ``pad_h`` rows / ``pad_w`` columns on each side, any width.
+
+    ``F.pad``'s kernels where they apply (every width for ``replicate`` and ``zeros``,
+    ``reflect`` narrower than the image), an index gather otherwise.
+    """
+    _check_mode(mode, _PAD_MODES)
+    pad = (pad_w, pad_w, pad_h, pad_h)
+    if mode == "zeros":
+        return F.pad(x, pad)
+    h, w = x.shape[-2:]
+    if mode == "replicate" or (mode == "reflect" and pad_h < h and pad_w < w):
+        return F.pad(x, pad, mode=mode)
+    if pad_h:
+        x = x.index_select(-2, border_index(torch.arange(-pad_h, h + pad_h, device=x.device), h, mode))
+    if pad_w:
+        x = x.index_select(-1, border_index(torch.arange(-pad_w, w + pad_w, device=x.device), w, mode))
+    return x
+
+
+def gaussian_taps(sigma: float, radius: int) -> torch.Tensor:
+    """Normalised Gaussian taps ``exp(-(t / sigma)^2 / 2)``, t = -radius..radius, float64 on CPU.
+
+    SciPy's ``gaussian_filter`` uses ``radius = int(truncate * sigma + 0.5)``, torchvision's
+    ``gaussian_blur`` ``radius = kernel_size // 2``.
+    """
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    taps = torch.exp(-0.5 * (t / sigma) ** 2)
+    return taps / taps.sum()
+
+
+def filter_matrix(taps: torch.Tensor, n: int, mode: str) -> torch.Tensor:
+    """(n, n) float64 matrix M with (M @ v)[i] = sum_j taps[j] * v[border(i + j - r)].
+
+    A 1-D correlation with an odd number of taps, its border folded in (``border_index``),
+    so that a separable filter becomes two matrix products whatever the kernel length.
+    """
     k = taps.numel()
     r = k // 2
-    mode = "constant" if padding_mode == "zeros" else padding_mode
-    taps = taps.to(dtype=x.dtype, device=x.device)
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode=mode), taps.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode=mode), taps.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
+    rows = torch.arange(n, device=taps.device)[:, None].expand(n, k)
+    cols = border_index(rows + torch.arange(-r, k - r, device=taps.device)[None], n, mode)
+    m = torch.zeros(n, n, dtype=torch.float64, device=taps.device)
+    return m.index_put_((rows, cols), taps.to(torch.float64).expand(n, k), accumulate=True)
+
+
+def separable_filter(
+    x: torch.Tensor, taps_h: torch.Tensor, taps_w: torch.Tensor | None, mode: str
+) -> torch.Tensor:
+    """Correlate every plane of float ``x`` (..., H, W) with ``taps_w`` along W, then ``taps_h``
+    along H (``taps_w=None``: the same taps), as two products with ``filter_matrix``es.
+
+    The cost does not grow with the kernel length; for short kernels ``correlate1d`` is faster.
+    """
+    h, w = x.shape[-2:]
+    taps_w = taps_h if taps_w is None else taps_w
+    # the matrices are built in float64 on CPU (MPS has no float64), then cast to x's dtype
+    mw = filter_matrix(taps_w.to("cpu", torch.float64), w, mode).to(x.device, x.dtype)
+    mh = filter_matrix(taps_h.to("cpu", torch.float64), h, mode).to(x.device, x.dtype)
+    return torch.matmul(mh, torch.matmul(x, mw.T))
+
+
+def correlate1d(x: torch.Tensor, taps: Sequence[float], dim: int, mode: str) -> torch.Tensor:
+    """Correlate float ``x`` along ``dim`` (-1 or -2) with an odd number of ``taps``, size kept.
+
+    A sum of shifted copies in the taps' order: each pixel's arithmetic does not depend on
+    the batch (convolution backends pick different kernels for different plane counts, whose
+    rounding differs), and for short kernels it is as fast as a depthwise convolution.
+    """
+    if dim not in (-1, -2):
+        raise ValueError(f"dim must be -1 or -2, got {dim}")
+    size, r = x.shape[dim], len(taps) // 2
+    padded = pad2d(x, r, 0, mode) if dim == -2 else pad2d(x, 0, r, mode)
+    out = padded.narrow(dim, 0, size) * taps[0]
+    for i, tap in enumerate(taps[1:], 1):
+        if tap:
+            out.add_(padded.narrow(dim, i, size), alpha=tap)
+    return out
+
+
+def gaussian_filter(
+    x: torch.Tensor,
+    sigma: float | tuple[float, float],
+    *,
+    truncate: float = 4.0,
+    mode: str = "replicate",
+    method: str = "shifts",
+) -> torch.Tensor:
+    """``scipy.ndimage.gaussian_filter`` over the last two dims of float ``x``.
+
+    ``sigma`` is one value or ``(sigma_h, sigma_w)``; an axis with sigma 0 is left as it is.
+    Taps reach ``int(truncate * sigma + 0.5)``; the defaults are ``skimage.filters.gaussian``'s
+    (mode 'nearest' = ``replicate``, truncate 4). ``method`` picks the arithmetic: ``shifts``
+    (``correlate1d`` with float32 taps; fast for short kernels) or ``matmul``
+    (``separable_filter``; any length). The two differ in the last float bit, so a corruption
+    keeps the one its outputs were made with.
+    """
+    sigma_h, sigma_w = (sigma, sigma) if isinstance(sigma, Real) else sigma
+    if method == "matmul":
+        if sigma_h == 0 and sigma_w == 0:
+            return x
+        taps = [
+            gaussian_taps(s, int(truncate * s + 0.5)) if s > 0 else torch.ones(1, dtype=torch.float64)
+            for s in (sigma_h, sigma_w)
+        ]
+        return separable_filter(x, taps[0], taps[1], mode)
+    if method != "shifts":
+        raise ValueError(f"method must be 'shifts' or 'matmul', got {method!r}")
+    for dim, s in ((-1, sigma_w), (-2, sigma_h)):
+        if s > 0:
+            taps = gaussian_taps(s, int(truncate * s + 0.5)).to(torch.float32).tolist()
+            x = correlate1d(x, taps, dim, mode)
+    return x
+
+
+def clipped_zoom(x: torch.Tensor, zoom: float, trim: bool = True) -> torch.Tensor:
+    """ImageNet-C ``clipped_zoom`` of float images: centre crop ``ceil(size / zoom)``, then
+    ``scipy.ndimage.zoom(order=1)`` to ``round(crop * zoom)``, then (``trim``) centre trim to
+    the input size. Snow uses the untrimmed output (``trim=False``, >= the input size).
+
+    SciPy maps output o to input ``o (in - 1) / (out - 1)``: ``align_corners=True`` bilinear.
+    """
+    h, w = x.shape[-2:]
+    crop_h, crop_w = math.ceil(h / zoom), math.ceil(w / zoom)
+    top, left = (h - crop_h) // 2, (w - crop_w) // 2
+    out_h, out_w = round(crop_h * zoom), round(crop_w * zoom)
+    crop = x[..., top : top + crop_h, left : left + crop_w]
+    zoomed = F.interpolate(crop, size=(out_h, out_w), mode="bilinear", align_corners=True)
+    if not trim:
+        return zoomed
+    trim_h, trim_w = (out_h - h) // 2, (out_w - w) // 2
+    return zoomed[..., trim_h : trim_h + h, trim_w : trim_w + w]

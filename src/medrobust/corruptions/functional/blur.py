@@ -14,10 +14,25 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .._random import ImageRandom
-from ._utils import check_images, to_float, to_uint8
+from medrobust.corruptions._random import ImageRandom
+from medrobust.corruptions.functional._utils import (
+    check_factor,
+    check_images,
+    check_int,
+    check_real,
+    check_rng,
+    check_tuple,
+    clipped_zoom,
+    filter_matrix,
+    gaussian_filter,
+    gaussian_taps,
+    map_chunks,
+    pad2d,
+    separable_filter,
+    to_float,
+    to_uint8,
+)
 
 __all__ = [
     "apply_motion_blur",
@@ -41,100 +56,7 @@ __all__ = [
 _CPU_CHUNK_ELEMENTS = 1 << 19
 
 
-# ----------------------------------------------------------------------------- validation
-
-
-def _real(value: object, name: str, *, minimum: float = 0.0, strict: bool = False) -> float:
-    """``value`` as a finite float >= minimum (> minimum when strict), else ValueError."""
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v) or v < minimum or (strict and v == minimum):
-        relation = ">" if strict else ">="
-        raise ValueError(f"{name} must be finite and {relation} {minimum}, got {value!r}")
-    return v
-
-
-def _tuple(param: object, size: int, name: str, fields: str) -> tuple:
-    if not isinstance(param, Sequence) or isinstance(param, str) or len(param) != size:
-        raise ValueError(f"{name} parameter must be a tuple ({fields}), got {param!r}")
-    return tuple(param)
-
-
-def _check_factor(factor: float) -> float:
-    return _real(factor, "scale factor", strict=True)
-
-
-def _check_rng(rng: object, images: torch.Tensor) -> ImageRandom:
-    if not isinstance(rng, ImageRandom):
-        raise TypeError(f"rng must be an ImageRandom, got {type(rng).__name__}")
-    if len(rng) != images.shape[0]:
-        raise ValueError(f"rng has {len(rng)} streams for a batch of {images.shape[0]} images")
-    return rng
-
-
-# ----------------------------------------------------------------------------- filtering helpers
-
-
-def _map_chunks(
-    fn: Callable[..., torch.Tensor], x: torch.Tensor, *per_image: torch.Tensor
-) -> torch.Tensor:
-    """``fn(x, *per_image)`` on slices of the batch small enough to stay in cache on CPU.
-
-    ``per_image`` tensors (one row per image) are sliced alongside ``x``.
-    """
-    step = max(1, _CPU_CHUNK_ELEMENTS // max(1, x[0].numel())) if len(x) else 1
-    if x.device.type != "cpu" or step >= len(x):
-        return fn(x, *per_image)
-    parts = zip(x.split(step), *(t.split(step) for t in per_image), strict=True)
-    return torch.cat([fn(*part) for part in parts])
-
-
-def _border_index(idx: torch.Tensor, n: int, mode: str) -> torch.Tensor:
-    """Map integer positions outside [0, n) into it, for any distance from the edge.
-
-    ``reflect`` mirrors about the edge pixels (OpenCV BORDER_REFLECT_101, torch ``reflect``),
-    repeating the reflection as OpenCV does when the border is wider than the image;
-    ``replicate`` repeats the edge pixel (SciPy ``nearest``, ImageMagick ``edge``).
-    """
-    if mode == "replicate" or n == 1:
-        return idx.clamp(0, n - 1)
-    period = 2 * (n - 1)
-    m = idx.remainder(period)
-    return torch.where(m >= n, period - m, m)
-
-
-def _pad2d(x: torch.Tensor, pad_h: int, pad_w: int, mode: str) -> torch.Tensor:
-    """Pad the last two dims by ``pad_h`` / ``pad_w`` on each side; any pad width works."""
-    h, w = x.shape[-2:]
-    if mode == "replicate" or (pad_h < h and pad_w < w):
-        return F.pad(x, (pad_w, pad_w, pad_h, pad_h), mode=mode)
-    rows = _border_index(torch.arange(-pad_h, h + pad_h, device=x.device), h, mode)
-    cols = _border_index(torch.arange(-pad_w, w + pad_w, device=x.device), w, mode)
-    return x.index_select(-2, rows).index_select(-1, cols)
-
-
-def _filter_matrix(taps: torch.Tensor, n: int, mode: str) -> torch.Tensor:
-    """(n, n) float64 matrix M with (M @ v)[i] = sum_j taps[j] * v[border(i + j - r)].
-
-    A 1-D correlation with an odd number of taps, its border folded in, so that a
-    separable filter becomes two matrix products whatever the kernel length.
-    """
-    k = taps.numel()
-    r = k // 2
-    rows = torch.arange(n, device=taps.device)[:, None].expand(n, k)
-    cols = _border_index(rows + torch.arange(-r, k - r, device=taps.device)[None], n, mode)
-    m = torch.zeros(n, n, dtype=torch.float64, device=taps.device)
-    return m.index_put_((rows, cols), taps.to(torch.float64).expand(n, k), accumulate=True)
-
-
-def _separable_filter(x: torch.Tensor, taps: torch.Tensor, mode: str) -> torch.Tensor:
-    """Correlate every channel of float ``x`` (N, C, H, W) with ``taps`` along W, then H."""
-    h, w = x.shape[-2:]
-    taps = taps.to("cpu", torch.float64)  # built in float64 on CPU (MPS has no float64)
-    mw = _filter_matrix(taps, w, mode).to(x.device, x.dtype)
-    mh = _filter_matrix(taps, h, mode).to(x.device, x.dtype)
-    return torch.matmul(mh, torch.matmul(x, mw.T))
+# ----------------------------------------------------------------------------- FFT correlation
 
 
 def _fast_len(n: int) -> int:
@@ -163,21 +85,11 @@ def _fft_correlator(
     kernel_spectrum = torch.fft.rfft2(kernel.flip(0, 1), s=size)
 
     def correlate(x: torch.Tensor) -> torch.Tensor:
-        spectrum = torch.fft.rfft2(_pad2d(x, kh // 2, kw // 2, mode), s=size)
+        spectrum = torch.fft.rfft2(pad2d(x, kh // 2, kw // 2, mode), s=size)
         y = torch.fft.irfft2(spectrum * kernel_spectrum, s=size)
         return y[..., kh - 1 : kh - 1 + h, kw - 1 : kw - 1 + w]
 
     return correlate
-
-
-def _scipy_gaussian(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """``skimage.filters.gaussian`` per channel: mode 'nearest', truncate 4 (SciPy taps)."""
-    if sigma == 0.0:
-        return x
-    radius = int(4.0 * sigma + 0.5)
-    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    taps = torch.exp(-0.5 / sigma**2 * t**2)
-    return _separable_filter(x, taps / taps.sum(), "replicate")
 
 
 # ----------------------------------------------------------------------------- defocus
@@ -188,9 +100,7 @@ def _cv2_gaussian_taps(ksize: int, sigma: float) -> torch.Tensor:
     if sigma <= 0:
         fixed = {3: [0.25, 0.5, 0.25], 5: [0.0625, 0.25, 0.375, 0.25, 0.0625]}
         return torch.tensor(fixed[ksize], dtype=torch.float64)
-    t = torch.arange(ksize, dtype=torch.float64) - (ksize - 1) / 2
-    taps = torch.exp(-(t**2) / (2 * sigma**2))
-    return taps / taps.sum()
+    return gaussian_taps(sigma, ksize // 2)
 
 
 def _disk_kernel(radius: float, alias_sigma: float) -> torch.Tensor:
@@ -207,7 +117,7 @@ def _disk_kernel(radius: float, alias_sigma: float) -> torch.Tensor:
     grid = torch.arange(-half, half + 1, dtype=torch.float64)
     disk = ((grid[None] ** 2 + grid[:, None] ** 2) <= radius**2).to(torch.float64)
     disk /= disk.sum()
-    m = _filter_matrix(_cv2_gaussian_taps(ksize, alias_sigma), disk.shape[0], "reflect")
+    m = filter_matrix(_cv2_gaussian_taps(ksize, alias_sigma), disk.shape[0], "reflect")
     return m @ disk @ m.T
 
 
@@ -217,18 +127,20 @@ def defocus_blur(images: torch.Tensor, param: tuple[float, float]) -> torch.Tens
     As ``cv2.filter2D`` (reflect-101 border) on x/255, clipped, truncated to uint8.
     """
     check_images(images)
-    radius, alias = _tuple(param, 2, "defocus_blur", "radius, alias_sigma")
-    radius = _real(radius, "defocus radius")
-    alias = _real(alias, "defocus alias_sigma")
+    radius, alias = check_tuple("defocus_blur", param, ("radius", "alias_sigma"))
+    radius = check_real("defocus radius", radius, low=0.0)
+    alias = check_real("defocus alias_sigma", alias, low=0.0)
     kernel = _disk_kernel(radius, alias).to(images.device, torch.float32)
     correlate = _fft_correlator(kernel, *images.shape[-2:], "reflect")
-    return _map_chunks(lambda part: to_uint8(correlate(to_float(part))), images)
+    return map_chunks(
+        lambda part: to_uint8(correlate(to_float(part))), images, chunk_elements=_CPU_CHUNK_ELEMENTS
+    )
 
 
 def scale_defocus_blur(param: tuple[float, float], factor: float) -> tuple[float, float]:
     """Radius and alias sigma (both in pixels) for an image ``factor`` times 224 px."""
-    radius, alias = _tuple(param, 2, "defocus_blur", "radius, alias_sigma")
-    f = _check_factor(factor)
+    radius, alias = check_tuple("defocus_blur", param, ("radius", "alias_sigma"))
+    f = check_factor(factor)
     return (float(radius) * f, float(alias) * f)
 
 
@@ -244,8 +156,8 @@ def _motion_taps(
     at (y + ceil(i sin(a) - 0.5), x + ceil(i cos(a) - 0.5)) with weight exp(-i^2 / 2 sigma^2),
     normalised, the rule ``imagecorruptions`` reimplements in NumPy.
     """
-    radius = _real(radius, "motion radius", strict=True)
-    sigma = _real(sigma, "motion sigma", strict=True)
+    radius = check_real("motion radius", radius, low=0.0, low_open=True)
+    sigma = check_real("motion sigma", sigma, low=0.0, low_open=True)
     if not isinstance(angles_deg, torch.Tensor) or angles_deg.ndim != 1:
         raise ValueError("angles_deg must be a 1-D tensor of angles in degrees, one per image")
     width = 2 * math.ceil(radius) + 1
@@ -262,7 +174,7 @@ def _motion_taps(
 def motion_kernels(radius: float, sigma: float, angles_deg: torch.Tensor) -> torch.Tensor:
     """Per-image motion-blur kernels (N, K, K), float32, on the device of ``angles_deg``.
 
-    Correlation kernels (as ``cv2.filter2D`` / ``depthwise_conv2d``) emulating ImageMagick's
+    Correlation kernels (as ``cv2.filter2D``) emulating ImageMagick's
     ``MotionBlurImage(radius, sigma, angle)``; K = 4 ceil(radius) + 1 so that every angle fits.
     """
     dy, dx, weights = _motion_taps(radius, sigma, angles_deg)
@@ -280,7 +192,7 @@ def apply_motion_blur(
 ) -> torch.Tensor:
     """Motion-blur float images ``x`` (N, C, H, W), one angle per image; edge pixels repeat.
 
-    Equals ``depthwise_conv2d(x, motion_kernels(...), 'replicate')`` but sums only the
+    Equals correlating with ``motion_kernels(...)`` (edge pixels repeated) but sums only the
     2 ceil(radius) + 1 shifted copies the kernel has (25x fewer operations than a dense
     61x61 kernel at radius 15). Each image sums its own taps in a fixed order, so the
     result does not depend on the batch, the thread count or the device.
@@ -292,7 +204,7 @@ def apply_motion_blur(
     dy, dx, weights = _motion_taps(radius, sigma, angles_deg)
     h, w = x.shape[-2:]
     pad_h, pad_w = int(dy.abs().max()), int(dx.abs().max())
-    xp = _pad2d(x, pad_h, pad_w, "replicate")
+    xp = pad2d(x, pad_h, pad_w, "replicate")
     out = torch.zeros_like(x)
     taps = weights.tolist()
     for xn, on, rows, cols in zip(
@@ -313,21 +225,21 @@ def motion_blur(
     swap; the result is rounded to uint8 as ImageMagick's 8-bit output is.
     """
     check_images(images)
-    radius, sigma = _tuple(param, 2, "motion_blur", "radius, sigma")
-    rng = _check_rng(rng, images)
+    radius, sigma = check_tuple("motion_blur", param, ("radius", "sigma"))
+    rng = check_rng(rng, images)
     angles = rng.uniform((), -45.0, 45.0)
 
     def run(part: torch.Tensor, part_angles: torch.Tensor) -> torch.Tensor:
         blurred = apply_motion_blur(to_float(part), radius, sigma, part_angles)
         return to_uint8(blurred, rounding="round")
 
-    return _map_chunks(run, images, angles)
+    return map_chunks(run, images, angles, chunk_elements=_CPU_CHUNK_ELEMENTS)
 
 
 def scale_motion_blur(param: tuple[float, float], factor: float) -> tuple[float, float]:
     """Radius and sigma (pixels) for an image ``factor`` times 224 px."""
-    radius, sigma = _tuple(param, 2, "motion_blur", "radius, sigma")
-    f = _check_factor(factor)
+    radius, sigma = check_tuple("motion_blur", param, ("radius", "sigma"))
+    f = check_factor(factor)
     return (float(radius) * f, float(sigma) * f)
 
 
@@ -342,22 +254,6 @@ def zoom_factors(start: float, stop: float, step: float) -> tuple[float, ...]:
     return tuple(float(v) for v in np.arange(start, stop, step))
 
 
-def _clipped_zoom(x: torch.Tensor, zoom: float) -> torch.Tensor:
-    """ImageNet-C ``clipped_zoom``: centre crop ceil(size / z), bilinear zoom by z, centre trim.
-
-    ``scipy.ndimage.zoom(order=1)`` maps output o to input o (in - 1) / (out - 1), the
-    ``align_corners=True`` mapping of ``F.interpolate``; out = round(crop z) as in SciPy.
-    """
-    h, w = x.shape[-2:]
-    crop_h, crop_w = math.ceil(h / zoom), math.ceil(w / zoom)
-    top, left = (h - crop_h) // 2, (w - crop_w) // 2
-    out_h, out_w = round(crop_h * zoom), round(crop_w * zoom)
-    crop = x[..., top : top + crop_h, left : left + crop_w]
-    zoomed = F.interpolate(crop, size=(out_h, out_w), mode="bilinear", align_corners=True)
-    trim_h, trim_w = (out_h - h) // 2, (out_w - w) // 2
-    return zoomed[..., trim_h : trim_h + h, trim_w : trim_w + w]
-
-
 def zoom_blur(images: torch.Tensor, zooms: Sequence[float]) -> torch.Tensor:
     """Zoom blur: the mean of the image and its ``clipped_zoom`` for every factor (>= 1).
 
@@ -368,17 +264,18 @@ def zoom_blur(images: torch.Tensor, zooms: Sequence[float]) -> torch.Tensor:
         raise ValueError(
             f"zoom_blur parameter must be a non-empty sequence of factors, got {zooms!r}"
         )
-    factors = [_real(z, "zoom factor", minimum=1.0) for z in zooms]
+    factors = [check_real("zoom factor", z, low=1.0) for z in zooms]
 
     def run(planes: torch.Tensor) -> torch.Tensor:
         x = to_float(planes)
         total = torch.zeros_like(x)
         for z in factors:
-            total += _clipped_zoom(x, z)
+            total += clipped_zoom(x, z)
         return to_uint8((x + total) / (len(factors) + 1))
 
     # One channel per plane: the bilinear kernel is faster on (N*C, 1, H, W) than on RGB.
-    return _map_chunks(run, images.reshape(-1, 1, *images.shape[-2:])).reshape(images.shape)
+    planes = images.reshape(-1, 1, *images.shape[-2:])
+    return map_chunks(run, planes, chunk_elements=_CPU_CHUNK_ELEMENTS).reshape(images.shape)
 
 
 # ----------------------------------------------------------------------------- gaussian
@@ -390,21 +287,22 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     Border mode 'nearest', taps to int(4 sigma + 0.5); x/255 blurred, clipped, truncated.
     """
     check_images(images)
-    sigma = _real(sigma, "gaussian_blur sigma")
-    return _map_chunks(lambda part: to_uint8(_scipy_gaussian(to_float(part), sigma)), images)
+    sigma = check_real("gaussian_blur sigma", sigma, low=0.0)
+    return map_chunks(
+        lambda part: to_uint8(gaussian_filter(to_float(part), sigma, method="matmul")),
+        images,
+        chunk_elements=_CPU_CHUNK_ELEMENTS,
+    )
 
 
 def scale_gaussian_blur(param: float, factor: float) -> float:
     """Sigma (pixels) for an image ``factor`` times 224 px."""
-    return _real(param, "gaussian_blur sigma") * _check_factor(factor)
+    return check_real("gaussian_blur sigma", param, low=0.0) * check_factor(factor)
 
 
 def _odd_kernel_size(kernel_size: object) -> int:
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int | np.integer):
-        raise TypeError(f"kernel_size must be an int, got {type(kernel_size).__name__}")
-    if kernel_size < 1:
-        raise ValueError(f"kernel_size must be >= 1, got {kernel_size}")
-    return int(kernel_size) | 1
+    """A kernel size >= 1, raised to the next odd size as MedMNIST-C forces."""
+    return check_int("kernel_size", kernel_size, low=1) | 1
 
 
 def gaussian_blur_kernel(images: torch.Tensor, kernel_size: int) -> torch.Tensor:
@@ -416,12 +314,11 @@ def gaussian_blur_kernel(images: torch.Tensor, kernel_size: int) -> torch.Tensor
     check_images(images)
     k = _odd_kernel_size(kernel_size)
     sigma = 0.3 * ((k - 1) * 0.5 - 1) + 0.8
-    t = torch.arange(k, dtype=torch.float64) - k // 2
-    taps = torch.exp(-0.5 * (t / sigma) ** 2)
-    taps /= taps.sum()
-    return _map_chunks(
-        lambda part: to_uint8(_separable_filter(to_float(part), taps, "reflect"), rounding="round"),
+    taps = gaussian_taps(sigma, k // 2)
+    return map_chunks(
+        lambda part: to_uint8(separable_filter(to_float(part), taps, None, "reflect"), "round"),
         images,
+        chunk_elements=_CPU_CHUNK_ELEMENTS,
     )
 
 
@@ -432,7 +329,7 @@ def scale_gaussian_blur_kernel(param: int, factor: float) -> int:
     at 28 px, where sigma / 8 <= 0.52 px).
     """
     k = _odd_kernel_size(param)
-    sigma = (0.15 * k + 0.35) * _check_factor(factor)
+    sigma = (0.15 * k + 0.35) * check_factor(factor)
     size = (sigma - 0.35) / 0.15
     return max(1, 2 * round((size - 1) / 2) + 1)
 
@@ -479,14 +376,11 @@ def _glass_shuffle(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, delta: i
 
 
 def _glass_param(param: object) -> tuple[float, int, int]:
-    sigma, delta, iterations = _tuple(param, 3, "glass_blur", "sigma, max_delta, iterations")
-    sigma = _real(sigma, "glass sigma")
-    for value, name in ((delta, "glass max_delta"), (iterations, "glass iterations")):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if delta < 1 or iterations < 0:
-        raise ValueError(f"glass max_delta must be >= 1 and iterations >= 0, got {param!r}")
-    return sigma, int(delta), int(iterations)
+    sigma, delta, iterations = check_tuple("glass_blur", param, ("sigma", "max_delta", "iterations"))
+    sigma = check_real("glass sigma", sigma, low=0.0)
+    delta = check_int("glass max_delta", delta, low=1)
+    iterations = check_int("glass iterations", iterations, low=0)
+    return sigma, delta, iterations
 
 
 def glass_blur(
@@ -500,7 +394,7 @@ def glass_blur(
     """
     check_images(images)
     sigma, delta, iterations = _glass_param(param)
-    rng = _check_rng(rng, images)
+    rng = check_rng(rng, images)
     x = gaussian_blur(images, sigma)
     h, w = x.shape[-2:]
     if iterations and h > 2 * delta and w > 2 * delta:
@@ -514,12 +408,12 @@ def glass_blur(
                 part, part_pairs % side - delta, part_pairs // side - delta, delta
             )
 
-        x = _map_chunks(shuffle, x, pairs)
+        x = map_chunks(shuffle, x, pairs, chunk_elements=_CPU_CHUNK_ELEMENTS)
     return gaussian_blur(x, sigma)
 
 
 def scale_glass_blur(param: tuple[float, int, int], factor: float) -> tuple[float, int, int]:
     """Sigma scaled, max_delta scaled and rounded (at least 1), iterations kept."""
     sigma, delta, iterations = _glass_param(param)
-    f = _check_factor(factor)
+    f = check_factor(factor)
     return (sigma * f, max(1, round(delta * f)), iterations)

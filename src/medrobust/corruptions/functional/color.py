@@ -16,14 +16,19 @@ which tint grey pixels, that result is computed once per grey level through the 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from functools import lru_cache
-from numbers import Real
 
 import torch
 
-from medrobust.corruptions.functional._utils import check_images, to_uint8
+from medrobust.corruptions.functional._utils import (
+    batch_slices,
+    check_images,
+    check_real,
+    check_tuple,
+    rgb_to_l,
+    to_uint8,
+)
 
 __all__ = [
     "brightness",
@@ -35,55 +40,8 @@ __all__ = [
     "saturate_hsv",
 ]
 
-# CPU work is split into chunks of about this many elements so that the float temporaries of
-# a chunk stay in cache; a whole 224 px batch at once is several times slower on CPU.
-_CPU_CHUNK_ELEMENTS = 1 << 17
-
-# PIL's RGB -> L conversion (ITU-R 601-2 in 16-bit fixed point, rounded): Convert.c ``L24``.
-_L_WEIGHTS = (19595, 38470, 7471)
-
 _HSV = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 _HsvAdjust = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], _HSV]
-
-
-def _check_real(
-    name: str,
-    value: object,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-) -> float:
-    """``value`` as a float, or a clear error unless it is a finite real number in range."""
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    x = float(value)
-    if not math.isfinite(x):
-        raise ValueError(f"{name} must be finite, got {x}")
-    if low is not None and (x < low or (low_open and x == low)):
-        bound = ">" if low_open else ">="
-        raise ValueError(f"{name} must be {bound} {low}, got {x}")
-    if high is not None and x > high:
-        raise ValueError(f"{name} must be <= {high}, got {x}")
-    return x
-
-
-def _batch_slices(images: torch.Tensor, chunk_elements: int = _CPU_CHUNK_ELEMENTS) -> list[slice]:
-    """Slices of the batch to process together: cache-sized chunks on CPU, everything on GPU."""
-    n = images.shape[0]
-    per_image = images[0].numel() if n else 1
-    if images.device.type != "cpu" or n == 0 or per_image == 0:
-        return [slice(0, n)]
-    step = max(1, chunk_elements // per_image)
-    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
-
-
-def _rgb_to_l(rgb: torch.Tensor) -> torch.Tensor:
-    """PIL ``convert('L')`` of uint8 RGB images (N, 3, H, W) -> (N, 1, H, W), bit-exact."""
-    x = rgb.to(torch.int32)
-    wr, wg, wb = _L_WEIGHTS
-    luma = x[:, 0:1] * wr
-    luma.add_(x[:, 1:2], alpha=wg).add_(x[:, 2:3], alpha=wb).add_(0x8000)
-    return (luma >> 16).to(torch.uint8)
 
 
 def _apply_lut(images: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
@@ -96,7 +54,7 @@ def _apply_lut(images: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
         return out
     lut = lut.to(images.device)
     tables = lut if lut.ndim == 1 else lut.reshape(images.shape[0], -1, 256)
-    for sl in _batch_slices(images):
+    for sl in batch_slices(images):
         chunk = images[sl]
         if lut.ndim == 1:
             out[sl] = lut.index_select(0, chunk.reshape(-1).to(torch.int32)).view_as(chunk)
@@ -131,7 +89,7 @@ def brightness(images: torch.Tensor, factor: float) -> torch.Tensor:
     A blend with black: ``trunc(factor * x)`` in float32, clipped to 255.
     """
     check_images(images)
-    factor = _check_real("factor", factor, low=0.0)
+    factor = check_real("factor", factor, low=0.0)
     zero = torch.zeros((), dtype=torch.int64, device=images.device)
     return _apply_lut(images, _blend_lut(zero, factor, images.device))
 
@@ -143,11 +101,11 @@ def contrast(images: torch.Tensor, factor: float) -> torch.Tensor:
     luminance (``convert('L')``); grey images are their own luminance.
     """
     check_images(images)
-    factor = _check_real("factor", factor, low=0.0)
+    factor = check_real("factor", factor, low=0.0)
     n, c, h, w = images.shape
     sums = torch.empty(n, dtype=torch.int64, device=images.device)
-    for sl in _batch_slices(images):
-        luma = _rgb_to_l(images[sl]) if c == 3 else images[sl]
+    for sl in batch_slices(images):
+        luma = rgb_to_l(images[sl]) if c == 3 else images[sl]
         sums[sl] = luma.sum(dim=(1, 2, 3), dtype=torch.int64)
     means = torch.floor(sums.to(torch.float64) / (h * w) + 0.5).to(torch.int64)
     return _apply_lut(images, _blend_lut(means, factor, images.device))
@@ -166,7 +124,7 @@ def gamma(images: torch.Tensor, gamma: float) -> torch.Tensor:
     The PIL path maps level ``x`` to ``int(255.999 * (x / 255) ** gamma)`` (a truncation).
     """
     check_images(images)
-    value = _check_real("gamma", gamma, low=0.0)
+    value = check_real("gamma", gamma, low=0.0)
     lut = torch.tensor(_gamma_table(value), dtype=torch.uint8, device=images.device)
     return _apply_lut(images, lut)
 
@@ -178,7 +136,7 @@ def contrast_mean(images: torch.Tensor, c: float) -> torch.Tensor:
     Computed in float64 and truncated to uint8 like ``np.uint8(x * 255)``.
     """
     check_images(images)
-    c = _check_real("c", c, low=0.0)
+    c = check_real("c", c, low=0.0)
     h, w = images.shape[-2:]
     means = images.sum(dim=(2, 3), dtype=torch.float64).div_(h * w).div_(255.0)[..., None]
     levels = _levels(images.device, torch.float64) / 255.0
@@ -231,10 +189,10 @@ def _hsv_corrupt(images: torch.Tensor, adjust: _HsvAdjust) -> torch.Tensor:
     """Apply an HSV adjustment to RGB images; grey images go grey -> RGB -> adjust -> L."""
     if images.shape[1] == 1:
         ramp = torch.arange(256, dtype=torch.uint8, device=images.device).expand(1, 3, 1, 256)
-        lut = _rgb_to_l(_hsv_round_trip(ramp, adjust)).reshape(256)
+        lut = rgb_to_l(_hsv_round_trip(ramp, adjust)).reshape(256)
         return _apply_lut(images, lut)
     out = torch.empty_like(images)
-    for sl in _batch_slices(images):
+    for sl in batch_slices(images):
         out[sl] = _hsv_round_trip(images[sl], adjust)
     return out
 
@@ -246,14 +204,14 @@ def saturate(images: torch.Tensor, delta: float) -> torch.Tensor:
     therefore returns the reference's tinted image converted back with PIL ``convert('L')``.
     """
     check_images(images)
-    delta = _check_real("delta", delta)
+    delta = check_real("delta", delta)
     return _hsv_corrupt(images, lambda h, s, v: (h, (s + delta).clamp_(0.0, 1.0), v))
 
 
 def brightness_hsv(images: torch.Tensor, delta: float) -> torch.Tensor:
     """ImageNet-C brightness: HSV value ``V = clip(V + delta, 0, 1)``; grey: ``clip(x + delta)``."""
     check_images(images)
-    delta = _check_real("delta", delta)
+    delta = check_real("delta", delta)
     return _hsv_corrupt(images, lambda h, s, v: (h, s, (v + delta).clamp_(0.0, 1.0)))
 
 
@@ -264,8 +222,7 @@ def saturate_hsv(images: torch.Tensor, param: tuple[float, float]) -> torch.Tens
     ``b > 0`` darkens grey levels through the red tint, as the reference's RGB output does.
     """
     check_images(images)
-    if not isinstance(param, tuple | list) or len(param) != 2:
-        raise TypeError(f"param must be a pair (a, b), got {param!r}")
-    a = _check_real("a", param[0], low=0.0)
-    b = _check_real("b", param[1])
+    a, b = check_tuple("saturate_hsv", param, ("a", "b"))
+    a = check_real("a", a, low=0.0)
+    b = check_real("b", b)
     return _hsv_corrupt(images, lambda h, s, v: (h, (s * a + b).clamp_(0.0, 1.0), v))

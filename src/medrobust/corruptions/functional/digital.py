@@ -14,14 +14,18 @@ quality-scaled tables) and decode them identically.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from functools import lru_cache
-from numbers import Integral
 
 import torch
 from torchvision.io import decode_jpeg, encode_jpeg
 
-from medrobust.corruptions.functional._utils import check_images
-from medrobust.corruptions.functional.color import _batch_slices, _check_real
+from medrobust.corruptions.functional._utils import (
+    batch_slices,
+    check_images,
+    check_int,
+    check_real,
+)
 
 __all__ = ["jpeg_compression", "pixelate", "pixelate_nearest"]
 
@@ -133,7 +137,7 @@ def _nearest_resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 def _reduced_size(images: torch.Tensor, factor: float) -> tuple[int, int]:
     """``(int(H * factor), int(W * factor))`` as the references compute it, checked non-empty."""
-    factor = _check_real("factor", factor, low=0.0, high=1.0, low_open=True)
+    factor = check_real("factor", factor, low=0.0, high=1.0, low_open=True)
     h, w = images.shape[-2:]
     small = (int(h * factor), int(w * factor))
     if min(small) < 1:
@@ -144,26 +148,29 @@ def _reduced_size(images: torch.Tensor, factor: float) -> tuple[int, int]:
     return small
 
 
-def pixelate(images: torch.Tensor, factor: float) -> torch.Tensor:
-    """MedMNIST-C pixelate: PIL BOX resize to ``int(size * factor)``, then BOX back to the size."""
+def _pixelate(
+    images: torch.Tensor,
+    factor: float,
+    enlarge: Callable[[torch.Tensor, int, int], torch.Tensor],
+) -> torch.Tensor:
+    """PIL BOX resize to ``int(size * factor)``, then ``enlarge`` back to the input size."""
     check_images(images)
     small_h, small_w = _reduced_size(images, factor)
     h, w = images.shape[-2:]
     out = torch.empty_like(images)
-    for sl in _batch_slices(images, _CHUNK_ELEMENTS):
-        out[sl] = _box_resize(_box_resize(images[sl], small_h, small_w), h, w)
+    for sl in batch_slices(images, _CHUNK_ELEMENTS):
+        out[sl] = enlarge(_box_resize(images[sl], small_h, small_w), h, w)
     return out
+
+
+def pixelate(images: torch.Tensor, factor: float) -> torch.Tensor:
+    """MedMNIST-C pixelate: PIL BOX resize to ``int(size * factor)``, then BOX back to the size."""
+    return _pixelate(images, factor, _box_resize)
 
 
 def pixelate_nearest(images: torch.Tensor, factor: float) -> torch.Tensor:
     """ImageNet-C pixelate (imagecorruptions): PIL BOX down by ``factor``, then NEAREST back up."""
-    check_images(images)
-    small_h, small_w = _reduced_size(images, factor)
-    h, w = images.shape[-2:]
-    out = torch.empty_like(images)
-    for sl in _batch_slices(images, _CHUNK_ELEMENTS):
-        out[sl] = _nearest_resize(_box_resize(images[sl], small_h, small_w), h, w)
-    return out
+    return _pixelate(images, factor, _nearest_resize)
 
 
 def jpeg_compression(images: torch.Tensor, quality: int) -> torch.Tensor:
@@ -174,11 +181,7 @@ def jpeg_compression(images: torch.Tensor, quality: int) -> torch.Tensor:
     (libjpeg); CUDA input is copied there and back.
     """
     check_images(images)
-    if isinstance(quality, bool) or not isinstance(quality, Integral):
-        raise TypeError(f"quality must be an int, got {type(quality).__name__}")
-    quality = int(quality)
-    if not 1 <= quality <= 100:
-        raise ValueError(f"quality must be in 1..100, got {quality}")
+    quality = check_int("quality", quality, low=1, high=100)
     if images.shape[0] == 0:
         return images.clone()
     cpu = images.cpu().contiguous()

@@ -9,28 +9,36 @@ is relative to the image size, so the same ``alpha`` works at 28 px and at 224 p
 ``scale_elastic_transform``. (The original ImageNet-C code also applied a random affine warp with
 244-px-based constants; ``imagecorruptions`` dropped it, and so do we.)
 
-Here the offsets are smoothed with the SciPy-exact Gaussian of ``weather`` (border ``symmetric``,
-which is SciPy's ``reflect``) and the batch is resampled with ``grid_sample``, whose ``reflection``
-padding with ``align_corners=False`` is that same half-sample-symmetric boundary.
+Here the offsets are smoothed with the SciPy-exact ``_utils.gaussian_filter`` (border
+``symmetric``, which is SciPy's ``reflect``) and the batch is resampled with ``grid_sample``,
+whose ``reflection`` padding with ``align_corners=False`` is that same half-sample-symmetric
+boundary.
 """
 
 from __future__ import annotations
-
-import math
-from numbers import Real
 
 import torch
 import torch.nn.functional as F
 
 from medrobust.corruptions._random import ImageRandom
-from medrobust.corruptions.functional._utils import to_float, to_uint8
-from medrobust.corruptions.functional.weather import _check_call, _gaussian_filter, _in_chunks
+from medrobust.corruptions.functional._utils import (
+    check_images,
+    check_real,
+    check_rng,
+    gaussian_filter,
+    map_chunks,
+    to_float,
+    to_uint8,
+)
 
 __all__ = ["elastic_transform"]
 
 _SIGMA_FRACTION = 0.01  # smoothing sigma, as a fraction of the image side
 _OFFSET_FRACTION = 0.005  # half-width of the uniform raw offsets, as a fraction of the height
 _TRUNCATE = 3.0  # the reference's Gaussian truncation, in sigmas
+# CPU batch slices hold about this many elements in their largest intermediate (8 RGB images
+# of 224 px), as weather's do: the working set stays in cache
+_CPU_CHUNK_ELEMENTS = 8 * 3 * 224 * 224
 
 
 def elastic_transform(images: torch.Tensor, param: float, *, rng: ImageRandom) -> torch.Tensor:
@@ -41,12 +49,9 @@ def elastic_transform(images: torch.Tensor, param: float, *, rng: ImageRandom) -
     the reference's grey -> RGB -> warp -> L round trip. Output is truncated to uint8 as in the
     reference.
     """
-    _check_call(images, rng)
-    if isinstance(param, bool) or not isinstance(param, Real):
-        raise TypeError(f"elastic_transform param (alpha) must be a number, got {param!r}")
-    alpha = float(param)
-    if not math.isfinite(alpha) or alpha < 0:
-        raise ValueError(f"elastic_transform param (alpha) must be finite and >= 0, got {param!r}")
+    check_images(images)
+    check_rng(rng, images)
+    alpha = check_real("elastic_transform param (alpha)", param, low=0.0)
     h, w = images.shape[-2:]
     max_offset = _OFFSET_FRACTION * h
     raw = rng.uniform((2, h, w), -max_offset, max_offset).to(images.device)  # x, then y offsets
@@ -55,7 +60,8 @@ def elastic_transform(images: torch.Tensor, param: float, *, rng: ImageRandom) -
 
     def run(part: torch.Tensor, part_raw: torch.Tensor) -> torch.Tensor:
         sigma_h, sigma_w = _SIGMA_FRACTION * h, _SIGMA_FRACTION * w
-        disp = _gaussian_filter(part_raw, sigma_h, sigma_w, _TRUNCATE, "symmetric") * alpha
+        disp = gaussian_filter(part_raw, (sigma_h, sigma_w), truncate=_TRUNCATE, mode="symmetric")
+        disp = disp * alpha
         grid = torch.stack(
             ((2.0 * (cols + disp[:, 0]) + 1.0) / w - 1.0, (2.0 * (rows + disp[:, 1]) + 1.0) / h - 1.0),
             dim=-1,
@@ -65,4 +71,6 @@ def elastic_transform(images: torch.Tensor, param: float, *, rng: ImageRandom) -
         )
         return to_uint8(warped)
 
-    return _in_chunks(run, images, raw, planes=max(2, images.shape[1]))
+    return map_chunks(
+        run, images, raw, chunk_elements=_CPU_CHUNK_ELEMENTS, planes=max(2, images.shape[1])
+    )

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 import string
 from typing import NamedTuple
 
@@ -27,7 +26,16 @@ import torch
 from PIL import Image, ImageDraw
 
 from medrobust.corruptions._random import ImageRandom
-from medrobust.corruptions.functional._utils import check_images
+from medrobust.corruptions.functional._utils import (
+    check_factor,
+    check_images,
+    check_int,
+    check_real,
+    check_rng,
+    check_tuple,
+    chunk_length,
+    rgb_to_l,
+)
 
 __all__ = [
     "STAIN_INK_SIZES",
@@ -59,46 +67,13 @@ _MIN_LETTERS = 3
 _MIN_FONT_SCALE_STEPS = 14  # font scale randint(14, 100 fs) / 100 at 224 px
 _MIN_RENDER_SCALE = 0.14  # smaller fonts are drawn supersampled
 _FONT = cv2.FONT_HERSHEY_DUPLEX
+# marks and bubbles are scattered in chunks whose temporaries hold about this many elements
 _CHUNK_ELEMENTS = 1 << 22
 
 
 def _round_px(x: float) -> int:
     """Round a pixel count half up (Python's round() rounds half to even)."""
     return math.floor(x + 0.5)
-
-
-def _as_int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if int(value) < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return int(value)
-
-
-def _as_positive_float(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a positive number, got {value!r}")
-    if not math.isfinite(float(value)) or float(value) <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value}")
-    return float(value)
-
-
-def _as_tuple(param: object, names: tuple[str, ...]) -> tuple[object, ...]:
-    if not isinstance(param, (tuple, list)) or len(param) != len(names):
-        raise TypeError(f"param must be a tuple ({', '.join(names)}), got {param!r}")
-    return tuple(param)
-
-
-def _check_rng(rng: ImageRandom, images: torch.Tensor) -> None:
-    if not isinstance(rng, ImageRandom):
-        raise TypeError(f"rng must be an ImageRandom, got {type(rng).__name__}")
-    if len(rng) != images.shape[0]:
-        raise ValueError(f"rng has {len(rng)} streams for a batch of {images.shape[0]} images")
-
-
-def _chunk(elements_per_item: int, items: int) -> int:
-    """Items per chunk so that a chunk's temporaries stay near 4 M elements."""
-    return min(items, max(1, _CHUNK_ELEMENTS // max(elements_per_item, 1)))
 
 
 def _blend_pixels(
@@ -170,8 +145,8 @@ def _ink_masks(size: int, device: torch.device) -> torch.Tensor:
 
 def scale_ink_size(ink_size: int, factor: float) -> int:
     """Ink blob size for an image ``factor`` times the 224 px reference (at least 1 px)."""
-    ink_size = _as_int(ink_size, "ink_size", 1)
-    factor = _as_positive_float(factor, "factor")
+    ink_size = check_int("ink_size", ink_size, low=1)
+    factor = check_factor(factor)
     return max(1, _round_px(ink_size * factor))
 
 
@@ -183,14 +158,14 @@ def _stain_param(param: int | tuple[int, int], ink_size: int | None) -> tuple[in
                 "give the ink size either in the (max_marks, ink_size) tuple or as ink_size=, "
                 "not both"
             )
-        param, ink_size = _as_tuple(param, ("max_marks", "ink_size"))
+        param, ink_size = check_tuple("stain_deposit", param, ("max_marks", "ink_size"))
     ink_size = _DEFAULT_INK_SIZE if ink_size is None else ink_size
-    return _as_int(param, "max_marks", 1), _as_int(ink_size, "ink_size", 1)
+    return check_int("max_marks", param, low=1), check_int("ink_size", ink_size, low=1)
 
 
 def scale_stain_deposit(param: int | tuple[int, int], factor: float) -> int | tuple[int, int]:
     """The mark count does not depend on the image size; a (marks, ink size) tuple's ink scales."""
-    _as_positive_float(factor, "factor")
+    check_factor(factor)
     max_marks, ink_size = _stain_param(param, None)
     if isinstance(param, (tuple, list)):
         return max_marks, scale_ink_size(ink_size, factor)
@@ -212,7 +187,7 @@ def stain_deposit(
     ``max_marks`` may also be the tuple (max_marks, ink_size), as suites give it.
     """
     check_images(images)
-    _check_rng(rng, images)
+    check_rng(rng, images)
     max_marks, ink_size = _stain_param(max_marks, ink_size)
     n, c, h, w = images.shape
     device = images.device
@@ -230,7 +205,8 @@ def stain_deposit(
     masks = _ink_masks(ink_size, device)
     drawn = torch.arange(max_marks, device=device) < count[:, None]
     out = images.clone(memory_format=torch.contiguous_format)
-    for part in torch.arange(max_marks, device=device).split(_chunk(n * ink_size**2, max_marks)):
+    marks_per_chunk = chunk_length(max_marks, n * ink_size**2, _CHUNK_ELEMENTS)
+    for part in torch.arange(max_marks, device=device).split(marks_per_chunk):
         inks = masks[variant[:, part]] & drawn[:, part, None, None]
         img, mark, dy, dx = inks.nonzero(as_tuple=True)
         mark = part[mark]
@@ -267,10 +243,10 @@ def _disk_half_widths(max_radius: int, device: torch.device) -> torch.Tensor:
 
 def scale_bubble(param: tuple[int, int], factor: float) -> tuple[int, int]:
     """(max radius, max bubbles) for an image ``factor`` times 224 px: the radius scales."""
-    max_radius, max_bubbles = _as_tuple(param, ("max_radius", "max_bubbles"))
-    max_radius = _as_int(max_radius, "max_radius", 1)
-    factor = _as_positive_float(factor, "factor")
-    return max(1, _round_px(max_radius * factor)), _as_int(max_bubbles, "max_bubbles", 1)
+    max_radius, max_bubbles = check_tuple("bubble", param, ("max_radius", "max_bubbles"))
+    max_radius = check_int("max_radius", max_radius, low=1)
+    factor = check_factor(factor)
+    return max(1, _round_px(max_radius * factor)), check_int("max_bubbles", max_bubbles, low=1)
 
 
 def _bubble_code_map(
@@ -301,7 +277,8 @@ def _bubble_code_map(
     corner = (centre_y + reach) * pw + centre_x + reach
     patch = offsets[:, None] * pw + offsets
     canvas = torch.zeros(n, ph * pw, dtype=dtype, device=device)
-    for part in torch.arange(b, device=device).split(_chunk(n * patch.numel(), b)):
+    bubbles_per_chunk = chunk_length(b, n * patch.numel(), _CHUNK_ELEMENTS)
+    for part in torch.arange(b, device=device).split(bubbles_per_chunk):
         code = (dist <= half_outer[:, part, :, None]).to(dtype) * order[part]
         code += dist <= half_inner[:, part, :, None]
         index = corner[:, part, None, None] + patch
@@ -337,10 +314,10 @@ def bubble(images: torch.Tensor, param: tuple[int, int], *, rng: ImageRandom) ->
     with alpha 100/255, later bubbles overwriting earlier ones on the overlay, as PIL draws them.
     """
     check_images(images)
-    _check_rng(rng, images)
-    max_radius, max_bubbles = _as_tuple(param, ("max_radius", "max_bubbles"))
-    max_radius = _as_int(max_radius, "max_radius", 1)
-    max_bubbles = _as_int(max_bubbles, "max_bubbles", 1)
+    check_rng(rng, images)
+    max_radius, max_bubbles = check_tuple("bubble", param, ("max_radius", "max_bubbles"))
+    max_radius = check_int("max_radius", max_radius, low=1)
+    max_bubbles = check_int("max_bubbles", max_bubbles, low=1)
     _, _, h, w = images.shape
     device = images.device
     rim = max(1, _round_px(_BUBBLE_RIM * min(h, w) / REFERENCE_SIZE))
@@ -370,7 +347,7 @@ def black_corner(images: torch.Tensor, multiplier: float) -> torch.Tensor:
     dx^2 + dy^2 <= radius^2 kept: exactly the raster of cv2.circle(..., thickness=-1).
     """
     check_images(images)
-    multiplier = _as_positive_float(multiplier, "multiplier")
+    multiplier = check_real("multiplier", multiplier, low=0.0, low_open=True)
     _, _, h, w = images.shape
     cx, cy = w // 2, h // 2
     radius = int(min(cx, cy, w - cx, h - cy) * multiplier)
@@ -385,25 +362,19 @@ def black_corner(images: torch.Tensor, multiplier: float) -> torch.Tensor:
 
 def scale_characters(param: tuple[int, int, float], factor: float) -> tuple[int, int, float]:
     """(max words, max letters, max font scale) for ``factor`` times 224 px: the font scales."""
-    max_words, max_letters, max_font_scale = _as_tuple(
-        param, ("max_words", "max_letters", "max_font_scale")
+    max_words, max_letters, max_font_scale = check_tuple(
+        "characters", param, ("max_words", "max_letters", "max_font_scale")
     )
-    factor = _as_positive_float(factor, "factor")
+    factor = check_factor(factor)
     return (
-        _as_int(max_words, "max_words", 1),
-        _as_int(max_letters, "max_letters", 1),
-        _as_positive_float(max_font_scale, "max_font_scale") * factor,
+        check_int("max_words", max_words, low=1),
+        check_int("max_letters", max_letters, low=1),
+        check_real("max_font_scale", max_font_scale, low=0.0, low_open=True) * factor,
     )
 
 
 Word = tuple[str, int, int, float, tuple[int, int, int]]
 """(text, x, y, font scale, (r, g, b)): cv2.putText's text, org = (x, y) baseline-left, colour."""
-
-
-def _grey(colour: tuple[int, int, int]) -> int:
-    """PIL's RGB -> L conversion (ITU-R 601-2 luma, fixed point)."""
-    r, g, b = colour
-    return (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16
 
 
 class _WordBox(NamedTuple):
@@ -467,16 +438,19 @@ def _draw_words(images: torch.Tensor, words: list[list[Word]]) -> torch.Tensor:
     pw = max(box.width for box in boxes.values())
     coverage = np.zeros((slots, n, ph, pw), dtype=np.uint8)
     corner = np.zeros((2, slots, n), dtype=np.int64)
-    colours = np.zeros((slots, n, c), dtype=np.float32)
+    colours = np.zeros((slots, n, 3), dtype=np.uint8)
     for (i, j), box in boxes.items():
         text, _, _, scale, colour = words[i][j]
         _word_coverage(text, scale, box, coverage[j, i])
         corner[:, j, i] = box.top, box.left
-        colours[j, i] = colour if c == 3 else _grey(colour)
+        colours[j, i] = colour
 
     alpha_all = torch.from_numpy(coverage).to(device)
     corner_all = torch.from_numpy(corner).to(device)
-    colour_all = torch.from_numpy(colours).to(device)
+    colour_all = torch.from_numpy(colours)
+    if c == 1:  # the colour's luma, as drawing in RGB and converting to L gives
+        colour_all = rgb_to_l(colour_all.view(-1, 3, 1, 1)).view(slots, n, 1)
+    colour_all = colour_all.to(device, torch.float32)
     rows, cols = torch.arange(ph, device=device), torch.arange(pw, device=device)
     for j in range(slots):
         ys = corner_all[0, j, :, None] + rows
@@ -502,13 +476,13 @@ def characters(
     as drawing in RGB and converting to L gives.
     """
     check_images(images)
-    _check_rng(rng, images)
-    max_words, max_letters, max_font_scale = _as_tuple(
-        param, ("max_words", "max_letters", "max_font_scale")
+    check_rng(rng, images)
+    max_words, max_letters, max_font_scale = check_tuple(
+        "characters", param, ("max_words", "max_letters", "max_font_scale")
     )
-    max_words = _as_int(max_words, "max_words", 1)
-    max_letters = _as_int(max_letters, "max_letters", 1)
-    max_font_scale = _as_positive_float(max_font_scale, "max_font_scale")
+    max_words = check_int("max_words", max_words, low=1)
+    max_letters = check_int("max_letters", max_letters, low=1)
+    max_font_scale = check_real("max_font_scale", max_font_scale, low=0.0, low_open=True)
     _, _, h, w = images.shape
     # the reference draws the scale in steps of 0.01 from 0.14 at 224 px: both scale with the size
     steps_per_unit = 100 * REFERENCE_SIZE / min(h, w)

@@ -21,8 +21,15 @@ import torch
 from scipy.special import gammaincc
 
 from medrobust.corruptions._random import ImageRandom
-from medrobust.corruptions.functional._utils import check_images, to_float, to_uint8
-from medrobust.corruptions.functional.color import _batch_slices, _check_real, _rgb_to_l
+from medrobust.corruptions.functional._utils import (
+    batch_slices,
+    check_images,
+    check_real,
+    check_rng,
+    rgb_to_l,
+    to_float,
+    to_uint8,
+)
 
 __all__ = ["gaussian_noise", "impulse_noise", "shot_noise", "speckle_noise"]
 
@@ -47,23 +54,20 @@ def _per_channel(
     checked; ``corrupt(planes, draws)`` maps a chunk of uint8 RGB planes and their draws to uint8.
     """
     check_images(images)
-    if not isinstance(rng, ImageRandom):
-        raise TypeError(f"rng must be an ImageRandom, got {type(rng).__name__}")
+    check_rng(rng, images)
     n, c, h, w = images.shape
-    if len(rng) != n:
-        raise ValueError(f"rng has {len(rng)} streams for a batch of {n} images")
     planes = images.expand(n, 3, h, w) if c == 1 else images
     draws = draw((3, h, w)).to(images.device)
     out = torch.empty_like(images)
-    for sl in _batch_slices(planes):
+    for sl in batch_slices(planes):
         noisy = corrupt(planes[sl], draws[sl])
-        out[sl] = _rgb_to_l(noisy) if c == 1 else noisy
+        out[sl] = rgb_to_l(noisy) if c == 1 else noisy
     return out
 
 
 def gaussian_noise(images: torch.Tensor, sigma: float, *, rng: ImageRandom) -> torch.Tensor:
     """Additive Gaussian noise: ``clip(x / 255 + N(0, sigma^2))``, truncated to uint8."""
-    sigma = _check_real("sigma", sigma, low=0.0)
+    sigma = check_real("sigma", sigma, low=0.0)
     return _per_channel(
         images,
         rng,
@@ -74,7 +78,7 @@ def gaussian_noise(images: torch.Tensor, sigma: float, *, rng: ImageRandom) -> t
 
 def speckle_noise(images: torch.Tensor, sigma: float, *, rng: ImageRandom) -> torch.Tensor:
     """Multiplicative noise: ``clip(x + x * N(0, sigma^2))`` with x in [0, 1], truncated."""
-    sigma = _check_real("sigma", sigma, low=0.0)
+    sigma = check_real("sigma", sigma, low=0.0)
 
     def corrupt(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         f = to_float(x)
@@ -89,7 +93,7 @@ def impulse_noise(images: torch.Tensor, amount: float, *, rng: ImageRandom) -> t
     Every element (each channel of a pixel) is replaced with probability ``amount``, by 255 or
     0 with equal probability; the others keep their exact value.
     """
-    amount = _check_real("amount", amount, low=0.0, high=1.0)
+    amount = check_real("amount", amount, low=0.0, high=1.0)
 
     def corrupt(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         salt_or_pepper = (u >= 0.5 * amount).to(torch.uint8).mul_(255)
@@ -160,7 +164,7 @@ def shot_noise(images: torch.Tensor, photons: float, *, rng: ImageRandom) -> tor
     Poisson CDF in float64) and sampled with Walker's alias method, one 52-bit random integer
     per element; on CPU this is five to six times faster than ``torch.poisson``.
     """
-    photons = _check_real("photons", photons, low=0.0, high=_MAX_PHOTONS, low_open=True)
+    photons = check_real("photons", photons, low=0.0, high=_MAX_PHOTONS, low_open=True)
 
     def corrupt(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         threshold, alias = _shot_tables(photons, x.device)

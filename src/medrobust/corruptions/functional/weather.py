@@ -13,16 +13,24 @@ PIL's ``convert('L')``, as the reference pipeline (grey -> RGB -> corrupt -> L) 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from numbers import Real
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from medrobust.corruptions._random import ImageRandom
 from medrobust.corruptions.functional._utils import (
+    check_factor,
     check_images,
-    gaussian_kernel1d,
+    check_real,
+    check_rng,
+    check_tuple,
+    clipped_zoom,
+    gaussian_filter,
+    map_chunks,
+    pad2d,
+    rgb_to_grey_cv2,
+    rgb_to_l,
     to_float,
     to_uint8,
 )
@@ -30,105 +38,24 @@ from medrobust.corruptions.functional.blur import apply_motion_blur
 
 __all__ = ["fog", "frost", "scale_snow", "scale_spatter", "snow", "spatter"]
 
-_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, cv2.COLOR_RGB2GRAY on float images
 # On CPU a batch is processed in slices whose largest intermediate holds about this many
-# elements (16 RGB images of 224 px): the working set stays in cache and no intermediate
+# elements (8 RGB images of 224 px): the working set stays in cache and no intermediate
 # crosses glibc's 32 MiB mmap threshold, above which every allocation faults in fresh pages.
 _CPU_CHUNK_ELEMENTS = 8 * 3 * 224 * 224
 
 # ----------------------------------------------------------------------------- helpers
 
 
-def _in_chunks(
-    fn: Callable[..., torch.Tensor],
-    images: torch.Tensor,
-    *per_image: torch.Tensor,
-    planes: int,
-) -> torch.Tensor:
-    """``fn(images, *per_image)``, on CPU slice by slice of the batch; the result is the same.
-
-    ``planes`` is the size of ``fn``'s largest intermediate per image, in H x W float planes;
-    ``per_image`` tensors (one row per image, e.g. random draws) are sliced alongside.
-    """
-    per_image_elements = max(1, planes * images.shape[-2] * images.shape[-1])
-    step = max(1, _CPU_CHUNK_ELEMENTS // per_image_elements)
-    if images.device.type != "cpu" or step >= len(images):
-        return fn(images, *per_image)
-    parts = zip(images.split(step), *(t.split(step) for t in per_image), strict=True)
-    return torch.cat([fn(*part) for part in parts])
-
-
-def _check_call(images: torch.Tensor, rng: ImageRandom) -> None:
-    check_images(images)
-    if not isinstance(rng, ImageRandom):
-        raise TypeError(f"rng must be an ImageRandom, got {type(rng).__name__}")
-    if len(rng) != images.shape[0]:
-        raise ValueError(f"rng has {len(rng)} streams for a batch of {images.shape[0]} images")
-
-
 def _check_param(name: str, param: object, fields: tuple[str, ...]) -> tuple[float, ...]:
     """``param`` as a tuple of finite floats named ``fields``, or a clear error."""
-    if (
-        not isinstance(param, tuple | list)
-        or len(param) != len(fields)
-        or not all(isinstance(v, Real) and not isinstance(v, bool) for v in param)
-    ):
-        raise TypeError(f"{name} param must be a tuple of numbers ({', '.join(fields)}), got {param!r}")
-    if not all(math.isfinite(v) for v in param):
-        raise ValueError(f"{name} param must be finite, got {param!r}")
-    return tuple(float(v) for v in param)
-
-
-def _check_factor(factor: float) -> float:
-    if isinstance(factor, bool) or not isinstance(factor, Real) or not 0 < factor < math.inf:
-        raise ValueError(f"scale factor must be a positive finite number, got {factor!r}")
-    return float(factor)
-
-
-def _pad(x: torch.Tensor, dim: int, r: int, mode: str) -> torch.Tensor:
-    """Pad ``x`` by ``r`` samples on both sides of ``dim`` (-1 or -2), any ``r``.
-
-    ``replicate`` repeats the edge (SciPy ``nearest``), ``reflect`` mirrors about the edge
-    sample (OpenCV BORDER_REFLECT_101, torch ``reflect``), ``symmetric`` mirrors with the edge
-    repeated (SciPy ``reflect``), ``zeros`` pads with 0.
-    """
-    size = x.shape[dim]
-    pad = (r, r, 0, 0) if dim == -1 else (0, 0, r, r)
-    if mode == "zeros":
-        return F.pad(x, pad)
-    if mode == "replicate" or (mode == "reflect" and r < size):  # F.pad's fast kernels
-        return F.pad(x, pad, mode=mode)
-    idx = torch.arange(-r, size + r, device=x.device)
-    if size == 1:
-        idx = idx.clamp(0, 0)
-    else:
-        period = 2 * size if mode == "symmetric" else 2 * (size - 1)
-        idx = idx.remainder(period)
-        idx = torch.where(idx < size, idx, period - idx - (1 if mode == "symmetric" else 0))
-    return x.index_select(dim, idx)
-
-
-def _correlate1d(x: torch.Tensor, taps: Sequence[float], dim: int, mode: str) -> torch.Tensor:
-    """Correlate float ``x`` along ``dim`` with an odd number of ``taps``, size kept.
-
-    ``mode`` is a ``_pad`` mode. A sum of shifted copies: each pixel's arithmetic
-    does not depend on the batch (convolution backends pick different kernels for different
-    plane counts, whose rounding differs), and on CPU it is as fast as a depthwise
-    convolution of one-plane images.
-    """
-    size, r = x.shape[dim], len(taps) // 2
-    padded = _pad(x, dim, r, mode)
-    out = padded.narrow(dim, 0, size) * taps[0]
-    for i, tap in enumerate(taps[1:], 1):
-        if tap:
-            out.add_(padded.narrow(dim, i, size), alpha=tap)
-    return out
+    values = check_tuple(name, param, fields)
+    return tuple(check_real(f"{name} {field}", v) for field, v in zip(fields, values, strict=True))
 
 
 def _filter3x3(x: torch.Tensor, kernel: Sequence[Sequence[float]], mode: str) -> torch.Tensor:
     """Correlate float (N, C, H, W) with a 3x3 ``kernel`` (as ``cv2.filter2D``), size kept."""
     h, w = x.shape[-2:]
-    padded = _pad(_pad(x, -1, 1, mode), -2, 1, mode)
+    padded = pad2d(x, 1, 1, mode)
     taps = [(i, j, tap) for i, row in enumerate(kernel) for j, tap in enumerate(row) if tap]
     i, j, tap = taps[0]
     out = padded[..., i : i + h, j : j + w] * tap
@@ -142,21 +69,6 @@ def _box3(x: torch.Tensor, mode: str = "reflect") -> torch.Tensor:
     as OpenCV computes it, so that e.g. nine 20s give exactly 20."""
     total = _filter3x3(x.to(torch.float64), ((1, 1, 1), (1, 1, 1), (1, 1, 1)), mode)
     return (total * (1.0 / 9.0)).to(x.dtype)
-
-
-def _gaussian_filter(x: torch.Tensor, sigma_h: float, sigma_w: float, truncate: float, mode: str) -> torch.Tensor:
-    """``scipy.ndimage.gaussian_filter`` over the last two dims (per-axis sigma, ``truncate``)."""
-    for dim, sigma in ((-1, sigma_w), (-2, sigma_h)):
-        if sigma > 0:
-            taps = gaussian_kernel1d(sigma, int(truncate * sigma + 0.5)).tolist()
-            x = _correlate1d(x, taps, dim, mode)
-    return x
-
-
-def _rgb_to_l(rgb: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> (N, 1, H, W) as PIL's ``convert('L')`` (ITU-R 601-2, fixed point)."""
-    r, g, b = rgb.to(torch.int32).unbind(1)
-    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).to(torch.uint8)[:, None]
 
 
 def _standardise(x: torch.Tensor) -> torch.Tensor:
@@ -219,7 +131,8 @@ def fog(images: torch.Tensor, param: tuple[float, float], *, rng: ImageRandom) -
     (256 for 224 px, 32 for 28 px), cropped to the image, so the haze has the same structure
     relative to the image at any size; ``max`` is the image's maximum over all channels.
     """
-    _check_call(images, rng)
+    check_images(images)
+    check_rng(rng, images)
     amount, decay = _check_param("fog", param, ("amount", "decay"))
     if amount < 0 or decay <= 0:
         raise ValueError(f"fog needs amount >= 0 and decay > 0, got {param!r}")
@@ -233,7 +146,9 @@ def fog(images: torch.Tensor, param: tuple[float, float], *, rng: ImageRandom) -
         peak = x.amax(dim=(1, 2, 3), keepdim=True)
         return to_uint8((x + amount * haze) * (peak / (peak + amount).clamp_min(1e-12)))
 
-    return _in_chunks(run, images, draws, planes=images.shape[1])
+    return map_chunks(
+        run, images, draws, chunk_elements=_CPU_CHUNK_ELEMENTS, planes=images.shape[1]
+    )
 
 
 # ----------------------------------------------------------------------------- frost
@@ -322,7 +237,8 @@ def frost(images: torch.Tensor, param: tuple[float, float], *, rng: ImageRandom)
     and RGB, 28 and 224 px). The texture scales with the image, whereas the reference crops
     the photo at its native resolution.
     """
-    _check_call(images, rng)
+    check_images(images)
+    check_rng(rng, images)
     w_img, w_frost = _check_param("frost", param, ("w_img", "w_frost"))
     c, h, w = images.shape[1:]
     normals = rng.normal((1 + _FROST_NORMALS,)).to(images.device)
@@ -331,28 +247,17 @@ def frost(images: torch.Tensor, param: tuple[float, float], *, rng: ImageRandom)
     def run(part: torch.Tensor, part_normals: torch.Tensor, part_uniforms: torch.Tensor) -> torch.Tensor:
         texture = _frost_texture(part_normals, part_uniforms, h, w)
         blended = to_uint8((w_img * 255.0 * to_float(part) + w_frost * texture) / 255.0)
-        return _rgb_to_l(blended) if c == 1 else blended
+        return rgb_to_l(blended) if c == 1 else blended
 
-    return _in_chunks(run, images, normals, uniforms, planes=2 * _FROST_NEEDLE_LAYERS)
+    return map_chunks(
+        run, images, normals, uniforms,
+        chunk_elements=_CPU_CHUNK_ELEMENTS, planes=2 * _FROST_NEEDLE_LAYERS,
+    )
 
 
 # ----------------------------------------------------------------------------- snow
 
 _SNOW_FIELDS = ("loc", "scale", "zoom", "threshold", "radius", "sigma", "blend")
-
-
-def _clipped_zoom(x: torch.Tensor, zoom: float) -> torch.Tensor:
-    """ImageNet-C ``clipped_zoom`` as snow uses it: centre crop ``ceil(size / zoom)``, then
-    ``scipy.ndimage.zoom(order=1)`` to ``round(crop * zoom)`` (>= size, not trimmed here).
-
-    SciPy maps output o to input ``o (in - 1) / (out - 1)``: ``align_corners=True`` bilinear.
-    """
-    h, w = x.shape[-2:]
-    crop_h, crop_w = math.ceil(h / zoom), math.ceil(w / zoom)
-    top, left = (h - crop_h) // 2, (w - crop_w) // 2
-    crop = x[..., top : top + crop_h, left : left + crop_w]
-    size = (round(crop_h * zoom), round(crop_w * zoom))
-    return F.interpolate(crop, size=size, mode="bilinear", align_corners=True)
 
 
 def scale_snow(param: tuple[float, ...], factor: float) -> tuple[float, ...]:
@@ -362,7 +267,7 @@ def scale_snow(param: tuple[float, ...], factor: float) -> tuple[float, ...]:
     pixel lengths and scale; the noise statistics, the threshold and the blend do not.
     """
     loc, scale, zoom, threshold, radius, sigma, blend = _check_param("snow", param, _SNOW_FIELDS)
-    f = _check_factor(factor)
+    f = check_factor(factor)
     return (loc, scale, max(1.0, zoom * f), threshold, radius * f, sigma * f, blend)
 
 
@@ -376,28 +281,28 @@ def snow(images: torch.Tensor, param: tuple[float, ...], *, rng: ImageRandom) ->
     1/255. The image is whitened, ``blend x + (1 - blend) max(x, 1.5 grey(x) + 0.5)``, and the
     layer and its 180 degree rotation are added.
     """
-    _check_call(images, rng)
+    check_images(images)
+    check_rng(rng, images)
     loc, scale, zoom, threshold, radius, sigma, blend = _check_param("snow", param, _SNOW_FIELDS)
     if scale < 0 or zoom < 1 or radius <= 0 or sigma <= 0:
         raise ValueError(f"snow needs scale >= 0, zoom >= 1, radius > 0 and sigma > 0, got {param!r}")
-    c, h, w = images.shape[1:]
+    h, w = images.shape[-2:]
     noise = rng.normal((1, h, w)).to(images.device)
     angles = rng.uniform((), -135.0, -45.0).to(images.device)
 
     def run(part: torch.Tensor, part_noise: torch.Tensor, part_angles: torch.Tensor) -> torch.Tensor:
-        layer = _clipped_zoom(loc + scale * part_noise, zoom)
+        layer = clipped_zoom(loc + scale * part_noise, zoom, trim=False)
         layer = torch.where(layer < threshold, 0.0, layer).clamp_(0.0, 1.0)
         layer = apply_motion_blur(layer, radius, sigma, part_angles)
         layer = torch.round(layer[..., :h, :w].double() * 255.0) / 255.0
         x = to_float(part)
-        # cv2 RGB2GRAY; a grey image is weighted as three equal channels so that it gets
-        # exactly what its RGB copy gets (the weights do not sum to 1 in float32).
-        red, green, blue = x.unbind(1) if c == 3 else (x[:, 0],) * 3
-        grey = (_LUMA[0] * red + _LUMA[1] * green + _LUMA[2] * blue)[:, None]
+        grey = rgb_to_grey_cv2(x)  # a grey image counts as three equal channels
         x = blend * x + (1.0 - blend) * torch.maximum(x, grey * 1.5 + 0.5)
         return to_uint8(x.double() + layer + layer.flip(-2, -1))  # float64, as the reference adds
 
-    return _in_chunks(run, images, noise, angles, planes=images.shape[1])
+    return map_chunks(
+        run, images, noise, angles, chunk_elements=_CPU_CHUNK_ELEMENTS, planes=images.shape[1]
+    )
 
 
 # ----------------------------------------------------------------------------- spatter
@@ -410,11 +315,6 @@ _TAN_22_Q15 = 13573  # OpenCV Canny's tan(22.5 deg) in Q15 fixed point
 _DIST_CAP = 20.0  # the reference truncates the edge distance at 20 px
 _EMBOSS = ((-2.0, -1.0, 0.0), (-1.0, 1.0, 1.0), (0.0, 1.0, 2.0))
 _SOBEL = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))  # d/dx; transposed for d/dy
-
-
-def _skimage_gaussian(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """``skimage.filters.gaussian(x, sigma)`` with its defaults (mode 'nearest', truncate 4)."""
-    return _gaussian_filter(x, sigma, sigma, 4.0, "replicate")
 
 
 def _canny_edges(img: torch.Tensor) -> torch.Tensor:
@@ -520,7 +420,7 @@ def scale_spatter(param: tuple[float, ...], factor: float) -> tuple[float, ...]:
     (3x3 filters, the 20 px distance cut) stay as in the reference.
     """
     loc, scale, sigma, threshold, fourth, mode = _check_param("spatter", param, _SPATTER_FIELDS)
-    f = _check_factor(factor)
+    f = check_factor(factor)
     return (loc, scale, sigma * f, threshold, fourth * f if mode == 1 else fourth, int(mode))
 
 
@@ -536,7 +436,8 @@ def spatter(images: torch.Tensor, param: tuple[float, ...], *, rng: ImageRandom)
     mean PSNR to the clean image stays within 0.5 dB of the reference. An image without any
     drop is returned unchanged (the reference divides by zero there and returns garbage).
     """
-    _check_call(images, rng)
+    check_images(images)
+    check_rng(rng, images)
     loc, scale, sigma, threshold, fourth, mode = _check_param("spatter", param, _SPATTER_FIELDS)
     if mode not in (0.0, 1.0) or scale < 0 or sigma < 0 or fourth < 0:
         raise ValueError(f"spatter needs mode 0 or 1 and scale, sigma, gain >= 0, got {param!r}")
@@ -545,15 +446,15 @@ def spatter(images: torch.Tensor, param: tuple[float, ...], *, rng: ImageRandom)
     colour = torch.tensor(_WATER if mode == 0 else _MUD, device=images.device).view(1, 3, 1, 1) / 255.0
 
     def run(part: torch.Tensor, part_noise: torch.Tensor) -> torch.Tensor:
-        liquid = _skimage_gaussian(loc + scale * part_noise, sigma)
+        liquid = gaussian_filter(loc + scale * part_noise, sigma)
         liquid = torch.where(liquid < threshold, 0.0, liquid)
         x = to_float(part).expand(-1, 3, -1, -1)
         if mode == 0:
             out = to_uint8(x + _water_mask(liquid, fourth) * colour)
         else:
-            m = _skimage_gaussian((liquid > threshold).to(torch.float32), fourth)
+            m = gaussian_filter((liquid > threshold).to(torch.float32), fourth)
             m = torch.where(m < 0.8, 0.0, m)
             out = to_uint8(x * (1.0 - m) + colour * m)
-        return _rgb_to_l(out) if c == 1 else out
+        return rgb_to_l(out) if c == 1 else out
 
-    return _in_chunks(run, images, noise, planes=3)
+    return map_chunks(run, images, noise, chunk_elements=_CPU_CHUNK_ELEMENTS, planes=3)
