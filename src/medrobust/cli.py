@@ -203,6 +203,15 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoSettings, run_demo
+
+    settings = DemoSettings.quick() if args.quick else DemoSettings()
+    run_demo(args.out, data_root=args.data_root, extra_models=args.model or (), settings=settings,
+             device=args.device, seed=args.seed, progress=not args.quiet)
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import list_models, model_spec
 
@@ -335,6 +344,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="convert an official RobustMedCLIP lora_weights.safetensors instead of training")
     p.add_argument("--blocks", help="block indices of the imported file (default: all)")
     p.set_defaults(func=cmd_adapt)
+
+    p = sub.add_parser("demo", help="corrupt, evaluate, adapt and report with medrobust-mini")
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--data-root")
+    p.add_argument("--model", action="append", help="also evaluate this model if its weights are present")
+    p.add_argument("--quick", action="store_true", help="a reduced grid (under 2 minutes)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("models", help="list the model registry")
     p.set_defaults(func=cmd_models)

@@ -4,19 +4,30 @@ Every random draw a corruption makes for one image comes from a generator keyed 
 ``(seed, corruption, severity, dataset index)``. The output for an image therefore never
 depends on batch size, batch order or worker count, and two seeds give different noise.
 Draws for a whole batch are written into one preallocated tensor; only the per-image
-generator call loops in Python, all arithmetic on the images is batched.
+generator call loops in Python, all arithmetic on the images is batched. On the CPU, where
+torch's generator is sequential, large draws are spread over ``torch.get_num_threads()``
+threads, each filling whole rows with their own generators (so the bytes do not change).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 
 import torch
 
 __all__ = ["ImageRandom", "derive_seed"]
 
 _SEED_MASK = (1 << 63) - 1
+_PARALLEL_MIN_ELEMENTS = 1 << 16  # per-row draws smaller than this stay on one thread
+
+
+@cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medrobust-rng")
 
 
 def derive_seed(seed: int, corruption: str, severity: int, index: int) -> int:
@@ -55,11 +66,26 @@ class ImageRandom:
     def __len__(self) -> int:
         return len(self._generators)
 
+    def _rows(self, out: torch.Tensor, fill: Callable[[int], None]) -> torch.Tensor:
+        """Call ``fill(i)`` for every row, on several CPU threads when rows are large."""
+        workers = min(torch.get_num_threads(), len(self))
+        per_row = math.prod(out.shape[1:])
+        if self.device.type != "cpu" or workers < 2 or per_row < _PARALLEL_MIN_ELEMENTS:
+            for i in range(len(self)):
+                fill(i)
+            return out
+        chunk = math.ceil(len(self) / workers)
+
+        def fill_range(start: int) -> None:
+            for i in range(start, min(start + chunk, len(self))):
+                fill(i)
+
+        list(_pool(workers).map(fill_range, range(0, len(self), chunk)))
+        return out
+
     def _fill(self, shape: Sequence[int], draw: str, **kwargs: float) -> torch.Tensor:
         out = torch.empty((len(self), *shape), dtype=torch.float32, device=self.device)
-        for row, generator in zip(out, self._generators, strict=True):
-            getattr(row, draw)(generator=generator, **kwargs)
-        return out
+        return self._rows(out, lambda i: getattr(out[i], draw)(generator=self._generators[i], **kwargs))
 
     def normal(self, shape: Sequence[int] = ()) -> torch.Tensor:
         """Standard normal draws, shape ``(N, *shape)``, float32."""
@@ -74,9 +100,7 @@ class ImageRandom:
         if high < low:
             raise ValueError(f"empty integer range [{low}, {high}]")
         out = torch.empty((len(self), *shape), dtype=torch.int64, device=self.device)
-        for row, generator in zip(out, self._generators, strict=True):
-            row.random_(low, high + 1, generator=generator)
-        return out
+        return self._rows(out, lambda i: out[i].random_(low, high + 1, generator=self._generators[i]))
 
     def poisson(self, rates: torch.Tensor) -> torch.Tensor:
         """Poisson draws with per-element ``rates`` of shape ``(N, ...)``, float32."""
@@ -84,6 +108,8 @@ class ImageRandom:
             raise ValueError(f"rates has {rates.shape[0]} rows for {len(self)} streams")
         rates = rates.to(torch.float32)
         out = torch.empty_like(rates)
-        for i, generator in enumerate(self._generators):
-            out[i] = torch.poisson(rates[i], generator=generator)
-        return out
+
+        def fill(i: int) -> None:
+            out[i] = torch.poisson(rates[i], generator=self._generators[i])
+
+        return self._rows(out, fill)
