@@ -11,6 +11,7 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageEnhance
 
+from medrobust.corruptions.functional import color
 from medrobust.corruptions.functional.color import (
     brightness,
     brightness_hsv,
@@ -244,3 +245,23 @@ def test_bad_input_is_rejected() -> None:
         saturate_hsv(grey, 0.1)
     with pytest.raises(ValueError, match="a must be >= 0"):
         saturate_hsv(grey, (-1, 0.1))
+
+
+@pytest.mark.parametrize("table_shape", [(256,), (5, 256), (5, 3, 256)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_cpu_lut_fast_path_equals_the_gather(table_shape, layout) -> None:
+    """cv2.LUT (CPU) and index_select (other devices) give the same bytes for every table form."""
+    gen = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (5, 3, 30, 82), dtype=torch.uint8, generator=gen)
+    if layout == "channels_last":
+        images = images.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        images = images[..., ::2]
+    lut = torch.randint(0, 256, table_shape, dtype=torch.uint8, generator=gen)
+    tables = (lut if lut.ndim == 3 else lut.reshape(-1, 1, 256)).expand(5, 3, 256)
+    expected = torch.gather(tables, 2, images.reshape(5, 3, -1).long()).view(images.shape)
+    gathered = torch.empty(images.shape, dtype=torch.uint8)
+    color._apply_lut_torch(images, lut, gathered)
+    assert torch.equal(gathered, expected)
+    out = color._apply_lut(images, lut)  # the cv2.LUT path on CPU
+    assert out.is_contiguous() and torch.equal(out, expected)

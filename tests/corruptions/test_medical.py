@@ -180,13 +180,23 @@ def test_scaling_of_pixel_parameters():
 # ----------------------------------------------------------------------------- stain deposit
 
 
-def test_ink_masks_are_fixed_irregular_blobs_of_moderate_coverage():
+# mean coverage of medmnistc's assets/inks.npz per ink size (measured in the reference env)
+REFERENCE_INK_COVERAGE = {12: 0.697, 16: 0.694, 24: 0.625, 32: 0.541, 42: 0.526}
+
+
+def test_ink_masks_are_fixed_irregular_blobs_with_the_reference_coverage():
     for size in STAIN_INK_SIZES:
         masks = medical._ink_masks(size, torch.device("cpu"))
         assert masks.shape == (10, size, size) and masks.dtype == torch.bool
         coverage = masks.float().mean((1, 2))
-        assert 0.3 < coverage.mean() < 0.55 and coverage.min() > 0.1
+        assert abs(coverage.mean().item() - REFERENCE_INK_COVERAGE[size]) < 0.005
+        assert masks[:, size // 2, size // 2].all()
+        assert not masks.all((1, 2)).any()  # blobs, not squares: some of every square is clear
         assert len({m.numpy().tobytes() for m in masks}) == 10  # ten different shapes
+    # between and beyond the reference's sizes the coverage is interpolated / held
+    assert abs(medical._ink_masks(20, torch.device("cpu")).float().mean() - 0.660) < 0.01
+    assert abs(medical._ink_masks(6, torch.device("cpu")).float().mean() - 0.697) < 0.01
+    assert abs(medical._ink_masks(64, torch.device("cpu")).float().mean() - 0.526) < 0.01
     first = medical._ink_masks(24, torch.device("cpu")).clone()
     medical._ink_masks.cache_clear()
     assert torch.equal(medical._ink_masks(24, torch.device("cpu")), first)  # recomputed, same
@@ -219,7 +229,10 @@ def test_stain_area_grows_with_severity(streams):
         for k, (marks, size) in enumerate(zip(STAIN_MARKS, STAIN_INK_SIZES, strict=True), 1)
     ]
     assert all(a < b for a, b in itertools.pairwise(areas)), areas
-    assert areas[-1] > 3 * areas[2] > 3 * areas[0]
+    # about E[marks] inks of the reference's coverage each (overlaps only shrink the area)
+    for area, marks, size in zip(areas, STAIN_MARKS, STAIN_INK_SIZES, strict=True):
+        expected = (marks + 1) / 2 * REFERENCE_INK_COVERAGE[size] * size**2 / 224**2
+        assert 0.75 * expected < area < 1.2 * expected, (size, area, expected)
 
 
 # ----------------------------------------------------------------------------- bubble

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import lru_cache
 
+import cv2
 import torch
 
 from medrobust.corruptions.functional._utils import (
@@ -48,11 +49,22 @@ def _apply_lut(images: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
     """Map uint8 ``images`` (N, C, H, W) through uint8 tables of 256 entries.
 
     ``lut`` is (256,) for the whole batch, (N, 256) per image or (N, C, 256) per channel.
+    CPU tensors go through ``cv2.LUT`` (SIMD, several times faster than a torch gather); other
+    devices through ``index_select``. Both are exact table lookups, so the results are equal.
     """
-    out = torch.empty_like(images)
+    out = torch.empty(images.shape, dtype=torch.uint8, device=images.device)  # contiguous
     if images.numel() == 0:
         return out
     lut = lut.to(images.device)
+    if images.device.type == "cpu":
+        _apply_lut_cv2(images, lut, out)
+    else:
+        _apply_lut_torch(images, lut, out)
+    return out
+
+
+def _apply_lut_torch(images: torch.Tensor, lut: torch.Tensor, out: torch.Tensor) -> None:
+    """``_apply_lut`` on any device into ``out``: a gather with ``index_select``."""
     tables = lut if lut.ndim == 1 else lut.reshape(images.shape[0], -1, 256)
     for sl in batch_slices(images):
         chunk = images[sl]
@@ -63,7 +75,27 @@ def _apply_lut(images: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
         offsets = torch.arange(rows.shape[0], dtype=torch.int32, device=images.device) * 256
         idx = chunk.reshape(rows.shape[0], -1).to(torch.int32) + offsets[:, None]
         out[sl] = rows.reshape(-1).index_select(0, idx.reshape(-1)).view_as(chunk)
-    return out
+
+
+def _apply_lut_cv2(images: torch.Tensor, lut: torch.Tensor, out: torch.Tensor) -> None:
+    """``_apply_lut`` on CPU into the contiguous ``out``: ``cv2.LUT`` on zero-copy 2-D views
+    (``out``'s views are ``dst``, so cv2 writes into them without reallocating).
+
+    One call over the whole batch for a shared table; otherwise one call per table (image or
+    channel plane): a 224 px plane is large enough that the per-call overhead is small, and it
+    is still several times faster than any batched torch gather.
+    """
+    src = images.contiguous().numpy()
+    dst = out.numpy()
+    tables = lut.contiguous().numpy()
+    if tables.ndim == 1:
+        cv2.LUT(src.reshape(-1, src.shape[-1]), tables, dst=dst.reshape(-1, dst.shape[-1]))
+        return
+    rows = tables.reshape(-1, 256)
+    planes = src.reshape(rows.shape[0], -1, src.shape[-1])
+    out_planes = dst.reshape(planes.shape)
+    for table, plane, out_plane in zip(rows, planes, out_planes, strict=True):
+        cv2.LUT(plane, table, dst=out_plane)
 
 
 def _levels(device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -56,6 +56,8 @@ STAIN_INK_SIZES = (12, 16, 24, 32, 42)
 _INK_VARIANTS = 10
 _DEFAULT_INK_SIZE = 24  # the reference's size for severities 1-4 (defect 6)
 _INK_SEED = 61_2024
+# (ink size px, mean fraction of the square covered) of the reference's assets/inks.npz, measured
+_INK_COVERAGE = ((12, 0.6972), (16, 0.6938), (24, 0.6248), (32, 0.5413), (42, 0.5256))
 _MARGIN = 10
 _BUBBLE_RIM = 2
 _BUBBLE_MIN_RADIUS = 3
@@ -117,13 +119,25 @@ def _smooth_noise(gen: np.random.Generator, size: int, sigma: float) -> np.ndarr
     return field / np.maximum(field.reshape(_INK_VARIANTS, -1).std(axis=1), 1e-12)[:, None, None]
 
 
+def _ink_coverage(size: int) -> float:
+    """Mean fraction of its square that an ink of ``size`` px covers, as the reference's inks do.
+
+    ``_INK_COVERAGE`` at the reference's sizes, linear in between, the end values beyond (small
+    inks of downscaled images keep the small inks' coverage).
+    """
+    sizes, cover = zip(*_INK_COVERAGE, strict=True)
+    return float(np.interp(size, sizes, cover))
+
+
 @functools.lru_cache(maxsize=32)
 def _ink_masks(size: int, device: torch.device) -> torch.Tensor:
     """Ten irregular ink-blob masks of ``size`` x ``size`` px, (10, size, size) bool.
 
     Smoothed noise at two scales perturbs the radius of a randomly rotated, stretched disk: blots
-    with ragged edges and the odd splash, about 40 % of the square covered. A fixed seed per size
-    makes them the same in every process.
+    with ragged edges and the odd splash. Each mask's threshold on that field is set so that it
+    covers ``_ink_coverage(size)`` of its square (as the reference's inks do on average: the
+    coverage decides how dark a stain is). A fixed seed per size makes them the same in every
+    process.
     """
     if size == 1:
         return torch.ones(_INK_VARIANTS, 1, 1, dtype=torch.bool, device=device)
@@ -134,11 +148,14 @@ def _ink_masks(size: int, device: torch.device) -> torch.Tensor:
     yy, xx = coords[:, None], coords[None, :]
     u = xx * np.cos(angle) + yy * np.sin(angle)
     v = (yy * np.cos(angle) - xx * np.sin(angle)) / stretch
-    rho = np.sqrt(u * u + v * v)
-    field = 1.0 - rho
+    field = 1.0 - np.sqrt(u * u + v * v)
     for scale, amplitude in ((8.0, 0.3), (24.0, 0.1)):
         field += amplitude * _smooth_noise(gen, size, max(size / scale, 0.5))
-    masks = (field > 0.2) & (rho < 1.0)
+    # each mask's `covered` highest field values are ink (ties have probability zero)
+    flat = field.reshape(_INK_VARIANTS, -1)
+    rank = flat.shape[1] - max(1, _round_px(_ink_coverage(size) * flat.shape[1]))
+    threshold = np.partition(flat, rank, axis=1)[:, rank, None, None]
+    masks = field >= threshold
     masks[:, size // 2, size // 2] = True
     return torch.from_numpy(masks).to(device)
 
