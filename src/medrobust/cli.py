@@ -206,7 +206,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DemoSettings, run_demo
 
-    settings = DemoSettings.quick() if args.quick else DemoSettings()
+    settings = DemoSettings.quick() if args.quick else DemoSettings.full() if args.full else DemoSettings()
     run_demo(args.out, data_root=args.data_root, extra_models=args.model or (), settings=settings,
              device=args.device, seed=args.seed, progress=not args.quiet)
     return 0
@@ -242,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Corruption benchmarks and robustness evaluation of medical vision-language models.",
     )
     parser.add_argument("--version", action="version", version=f"medrobust {__version__}")
+    parser.add_argument(
+        "--threads", type=int, default=0,
+        help="CPU threads for torch (default: 1 on machines with <= 2 cores, where a second "
+             "OpenMP thread was measured to slow the corruption kernels down; else torch's default)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("corrupt", help="write a corrupted benchmark (clean + corruptions x severities)")
@@ -350,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root")
     p.add_argument("--model", action="append", help="also evaluate this model if its weights are present")
     p.add_argument("--quick", action="store_true", help="a reduced grid (under 2 minutes)")
+    p.add_argument("--full", action="store_true",
+                   help="score whole test sets (default: the first 200 images of each)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
@@ -360,9 +367,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _set_threads(threads: int) -> None:
+    import os
+
+    import torch
+
+    if threads < 0:
+        raise SystemExit(f"medrobust: error: --threads must be >= 0, got {threads}")
+    if threads == 0 and (os.cpu_count() or 1) <= 2:
+        threads = 1
+    if threads:
+        torch.set_num_threads(threads)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 2 bad input or failure)."""
     args = build_parser().parse_args(argv)
+    _set_threads(args.threads)
     try:
         return args.func(args)
     except (ValueError, KeyError, TypeError, FileNotFoundError, PermissionError, OSError) as exc:

@@ -138,7 +138,7 @@ def smoke_run(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pr
     return pretrain(out, data_root=shared_data, log=lambda _: None, **SMOKE)
 
 
-def test_pretrain_lowers_the_loss_and_writes_a_loadable_folder(smoke_run: PretrainResult) -> None:
+def test_pretrain_runs_and_writes_a_loadable_folder(smoke_run: PretrainResult) -> None:
     history = smoke_run.log["history"]
     assert len(history) == SMOKE["epochs"]
     assert all(np.isfinite(h["step_losses"]).all() and len(h["step_losses"]) == 2 for h in history)
@@ -170,7 +170,9 @@ def test_pretrain_is_reproducible_with_a_seed(
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [({"epochs": 0}, "epochs"), ({"batch_size": 1.5}, "batch_size"), ({"lr": 0.0}, "lr"),
-     ({"datasets": "breastmnist"}, "datasets"), ({"templates_per_step": 0}, "templates")],
+     ({"weight_decay": -0.1}, "weight_decay"), ({"warmup_steps": -1}, "warmup_steps"),
+     ({"datasets": "breastmnist"}, "datasets"), ({"templates_per_step": 0}, "templates"),
+     ({"limit": 0}, "limit")],
 )
 def test_pretrain_rejects_bad_arguments(kwargs: dict, match: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=match):
@@ -205,7 +207,7 @@ def test_shipped_model_classifies_pneumonia_above_chance(shared_data: Path) -> N
     data = load_medmnist("pneumoniamnist", "test", root=shared_data).subset(slice(0, 64))
     classifier = ZeroShotClassifier(model, data.class_names, None, data.modality)
     probs = classifier.predict_batch(prepare_images(data.to_tensor(), 224)).probabilities
-    assert balanced_accuracy(probs, data.labels, "binary") >= 0.7
+    assert balanced_accuracy(probs, data.labels, "binary") >= 0.75  # the target; chance 0.5
 
 
 def test_model_card_quotes_the_benchmark_results() -> None:

@@ -200,13 +200,22 @@ def score_cell(
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """Probabilities (N, K) of each classifier and the labels (N,), streamed.
 
-    The images of a cell are produced (read or corrupted) once and scored by every model.
+    The images of a cell are produced (read or corrupted) once and scored by every model;
+    models with the same preprocessing (e.g. a base model and its adapters) share it.
     """
     probs: list[list[np.ndarray]] = [[] for _ in classifiers]
     labels = []
+    for classifier in classifiers:
+        classifier.model.check_eval()
     for images, y in _prefetch(batches):
-        for out, classifier in zip(probs, classifiers, strict=True):
-            out.append(classifier.predict_batch(images).probabilities.float().cpu().numpy())
+        with torch.inference_mode():
+            pixels: dict[tuple[str, str], torch.Tensor] = {}
+            for out, classifier in zip(probs, classifiers, strict=True):
+                model = classifier.model
+                key = (repr(model.preprocess), str(model.device))
+                if key not in pixels:
+                    pixels[key] = model.preprocess(images.to(model.device, non_blocking=True))
+                out.append(classifier.probabilities(pixels[key]).float().cpu().numpy())
         labels.append(np.asarray(y))
     return [np.concatenate(p) for p in probs], np.concatenate(labels)
 

@@ -73,9 +73,7 @@ _MAX_LOGIT_SCALE = math.log(100.0)
 _EVAL_BATCH = 256
 
 
-def build_captions(
-    class_names: Sequence[str], modality: str
-) -> list[list[str]]:
+def build_captions(class_names: Sequence[str], modality: str) -> list[list[str]]:
     """Captions of each class: ``CAPTION_TEMPLATES`` and the ``TEMPLATE_SETS_SEEN`` prompts.
 
     Every class gets the same number of captions, in the same template order.
@@ -273,15 +271,16 @@ class PretrainResult:
 
 
 def _check_args(
-    epochs: int, batch_size: int, templates_per_step: int, lr: float, limit: int | None
+    counts: Mapping[str, int], lr: float, weight_decay: float, limit: int | None
 ) -> None:
-    positive = (("epochs", epochs), ("batch_size", batch_size),
-                ("templates_per_step", templates_per_step))
-    for name, value in positive:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    for name, value in counts.items():
+        minimum = 0 if name == "warmup_steps" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr!r}")
+    if not weight_decay >= 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive int or None, got {limit!r}")
 
@@ -291,7 +290,7 @@ def pretrain(
     datasets: Sequence[str] = DEFAULT_DATASETS,
     data_root: str | Path | None = None,
     *,
-    epochs: int = 12,
+    epochs: int = 30,
     batch_size: int = 128,
     lr: float = 1e-3,
     weight_decay: float = 0.05,
@@ -320,7 +319,9 @@ def pretrain(
         tiny: train the registry's tiny config instead (tests).
         log: progress lines go here.
     """
-    _check_args(epochs, batch_size, templates_per_step, lr, limit)
+    counts = {"epochs": epochs, "batch_size": batch_size, "warmup_steps": warmup_steps,
+              "templates_per_step": templates_per_step}
+    _check_args(counts, lr, weight_decay, limit)
     if isinstance(datasets, str) or not datasets:
         raise ValueError("datasets must be a non-empty sequence of MedMNIST flags")
     start, cpu_start = time.perf_counter(), time.process_time()
