@@ -212,6 +212,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .models.pretrain import DEFAULT_DATASETS, pretrain
+
+    result = pretrain(
+        args.out, args.dataset or DEFAULT_DATASETS, args.data_root, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
+        device=args.device, limit=args.limit,
+    )
+    print(f"best epoch {result.best_epoch} (val mean balanced accuracy {result.best_score:.3f}); "
+          f"weights {result.weights_file}; evaluate with --model {result.out_dir}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import list_models, model_spec
 
@@ -361,6 +374,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("pretrain", help="train medrobust-mini (small medical CLIP) on MedMNIST train splits")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--dataset", action="append", help="training dataset (repeatable; default: the three shipped)")
+    p.add_argument("--data-root")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--limit", type=int, help="only the first N train images per dataset (smoke tests)")
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("models", help="list the model registry")
     p.set_defaults(func=cmd_models)

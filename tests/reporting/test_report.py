@@ -411,3 +411,31 @@ def test_configuration_summary_levels():
     }
     odd = summary["per model and corruption"]["m / d / synthetic-suite / c"]["odd"]
     assert odd == {f"severity {s}": s == 2 or "(not set)" for s in SEVERITIES}
+
+
+def test_html_elements_are_balanced(tmp_path):
+    """Every opened section is closed, so nothing after it is hidden in a collapsed block."""
+    from html.parser import HTMLParser
+
+    store_dir = tmp_path / "run"
+    _build_store(store_dir)
+    html = write_report(store_dir)["html"].read_text()
+    assert html.count("<details") == html.count("</details>")
+
+    class Depth(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.stack = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag in {"details", "section", "table", "div", "pre"}:
+                self.stack.append(tag)
+
+        def handle_endtag(self, tag):
+            if tag in {"details", "section", "table", "div", "pre"}:
+                assert self.stack and self.stack[-1] == tag, (tag, self.stack[-3:])
+                self.stack.pop()
+
+    parser = Depth()
+    parser.feed(html)
+    assert parser.stack == []

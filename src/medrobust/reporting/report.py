@@ -385,7 +385,7 @@ def _html(c: _Content) -> str:
         + "</tbody></table></div>")
     parts.append(c.datasets.to_html())
     parts.append("<details><summary>Exact configuration (each setting at the coarsest level "
-                 f"that determines it)</summary><pre>{e(c.configuration)}</pre>")
+                 f"that determines it)</summary><pre>{e(c.configuration)}</pre></details>")
     parts += ["<h2>Headline</h2>", c.headline.to_html(), "<h2>Results</h2>"]
     parts += [t.to_html() for t in c.results]
     if c.figures:
