@@ -55,6 +55,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="clip-vit-b16")
     parser.add_argument("--tiny", action="store_true", help="the tiny test config instead of full size")
+    parser.add_argument("--pretrained", action="store_true",
+                        help="load the model's weights (e.g. the shipped medrobust-mini); default random")
     parser.add_argument("--dataset", default="pneumoniamnist")
     parser.add_argument("--data-root", default=os.environ.get("MEDROBUST_DATA", str(DEFAULT_DATA)))
     parser.add_argument("--suite", default="medmnist-c")
@@ -69,7 +71,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    model = create_model(args.model, pretrained=False, tiny=args.tiny, device=device)
+    model = create_model(args.model, pretrained=args.pretrained, tiny=args.tiny, device=device)
     dataset = open_dataset(args.dataset, root=args.data_root).subset(range(args.n))
     suite = get_suite(args.suite, dataset.name if args.suite == "medmnist-c" else None)
     classifier = ZeroShotClassifier(model, dataset.class_names, None, dataset.modality,
