@@ -18,7 +18,6 @@ function. :func:`convert_robustmedclip` writes that as a medrobust adapter folde
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from torch import Tensor
 
 from medrobust.models import ModelAdapter, WeightsMismatchError
 
+from .._files import file_sha256
 from .checkpoint import ADAPTER_CONFIG, base_source, prepare_base, save_adapter
 from .lora import (
     LoraSettings,
@@ -61,14 +61,6 @@ class RobustMedClipLora:
     def blocks(self) -> int:
         """Number of adapted blocks (two pairs, q and v, per block)."""
         return len(self.pairs) // 2
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_robustmedclip_lora(path: str | Path) -> RobustMedClipLora:
@@ -116,7 +108,7 @@ def read_robustmedclip_lora(path: str | Path) -> RobustMedClipLora:
         projection=projection,
         rank=int(rank),
         dim=int(dim),
-        sha256=_sha256_file(file),
+        sha256=file_sha256(file),
         path=str(file.resolve()),
     )
 

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
+from .._files import file_sha256
 from ..data import ImageDataset, NpzWriter
 from ..data.layouts import medimeta_c_path, medmnist_c_path
 from .api import prepare_images
@@ -63,14 +64,6 @@ def plan_benchmark(
         ]
         return files
     raise ValueError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _dataset_hash(dataset: ImageDataset, batch_size: int) -> str:
@@ -208,7 +201,7 @@ def generate_benchmark(
             outputs[str(file.path.relative_to(root))] = {
                 "corruption": file.corruption,
                 "severities": list(file.severities),
-                "sha256": _sha256(file.path),
+                "sha256": file_sha256(file.path),
                 "images": reps * n,
             }
             _write_json_atomic(manifest_path, manifest)
@@ -219,7 +212,7 @@ def generate_benchmark(
         key = str(file.path.relative_to(root))
         if key not in outputs:
             outputs[key] = {"corruption": file.corruption, "severities": list(file.severities),
-                            "sha256": _sha256(file.path), "images": max(1, len(file.severities)) * n}
+                            "sha256": file_sha256(file.path), "images": max(1, len(file.severities)) * n}
     manifest["complete"] = True
     _write_json_atomic(manifest_path, manifest)
     return manifest_path

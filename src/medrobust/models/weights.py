@@ -32,6 +32,8 @@ from platformdirs import user_cache_dir
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .._files import file_sha256
+
 __all__ = [
     "MODEL_CACHE_ENV",
     "OFFLINE_ENV",
@@ -365,11 +367,7 @@ def sha256_files(paths: Sequence[Path]) -> str:
         raise FileNotFoundError(f"no weight files among {[str(p) for p in paths]}")
     digests = []
     for f in files:
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda fh=fh: fh.read(1 << 24), b""):
-                h.update(chunk)
-        digests.append((f.name, h.hexdigest()))
+        digests.append((f.name, file_sha256(f)))
     if len(digests) == 1:
         return digests[0][1]
     lines = "\n".join(f"{n}:{d}" for n, d in sorted(digests))
