@@ -412,6 +412,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _set_threads(args.threads)
     try:
         return args.func(args)
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
     except (ValueError, KeyError, TypeError, FileNotFoundError, PermissionError, OSError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"medrobust {args.command}: error: {message}", file=sys.stderr)
