@@ -231,7 +231,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     for name in list_models():
         spec = model_spec(name)
         weights = spec.get("weights", {})
-        source = weights.get("repo") or weights.get("url") or weights.get("tag", "")
+        source = weights.get("repo") or weights.get("url") or weights.get("filename") or ""
         print(f"{name:<22} {spec.get('display_name', ''):<44} {source}")
     print("also: open_clip:ARCH/TAG, hf-hub:REPO (open_clip format), hf:REPO (transformers), a folder")
     return 0

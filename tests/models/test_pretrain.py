@@ -196,9 +196,12 @@ def test_shipped_weights_are_small_and_load_offline() -> None:
     assert model.weights_id == "package:medrobust/models/pretrained/medrobust-mini.safetensors"
 
 
-def test_model_card_documents_the_shipped_weights() -> None:
+def test_model_card_and_training_log_document_the_shipped_weights() -> None:
     digest = hashlib.sha256(SHIPPED.read_bytes()).hexdigest()
     assert digest in CARD.read_text(encoding="utf-8")
+    log = json.loads(SHIPPED.with_name("medrobust-mini.pretrain_log.json").read_text())
+    assert log["weights_sha256"] == digest
+    assert log["arguments"]["epochs"] == len(log["history"]) and log["tiny"] is False
 
 
 def test_shipped_model_classifies_pneumonia_above_chance(shared_data: Path) -> None:
