@@ -206,7 +206,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DemoSettings, run_demo
 
-    settings = DemoSettings.quick() if args.quick else DemoSettings.full() if args.full else DemoSettings()
+    settings = DemoSettings.quick() if args.quick else DemoSettings()
     run_demo(args.out, data_root=args.data_root, extra_models=args.model or (), settings=settings,
              device=args.device, seed=args.seed, progress=not args.quiet)
     return 0
@@ -368,8 +368,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root")
     p.add_argument("--model", action="append", help="also evaluate this model if its weights are present")
     p.add_argument("--quick", action="store_true", help="a reduced grid (under 2 minutes)")
-    p.add_argument("--full", action="store_true",
-                   help="score whole test sets (default: the first 200 images of each)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
