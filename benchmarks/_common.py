@@ -44,11 +44,22 @@ REAL_DATASETS: dict[str, str] = {
 }
 
 
+# glibc allocator settings of ``medrobust.runtime.keep_freed_memory`` (which the medrobust CLI
+# applies), given to the reference and to our workers alike so both run under the same allocator.
+ALLOCATOR_ENV = {
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1),
+    "MALLOC_TOP_PAD_": str(64 << 20),
+}
+
+
 def thread_env(threads: int, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """A child-process environment whose BLAS/OpenMP pools use ``threads`` threads."""
+    """A child-process environment whose BLAS/OpenMP pools use ``threads`` threads, with the
+    shared ``ALLOCATOR_ENV``."""
     env = dict(os.environ if base is None else base)
     for name in THREAD_VARIABLES:
         env[name] = str(threads)
+    env.update(ALLOCATOR_ENV)
     return env
 
 

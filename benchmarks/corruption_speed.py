@@ -323,7 +323,9 @@ def render(payload: dict[str, Any]) -> tuple[str, str]:
         f"Images: real MedMNIST test images upsampled 28 -> 224 px (PIL bicubic); severity "
         f"{meta['severity']}; ours on batches of {meta['batch']}, median of {meta['repeats']} runs; "
         f"reference per image (median), 2-thread reference on the first {meta['ref_2t_n']} images. "
-        f"ms/image; speedup = reference / ours at the same thread count."
+        f"ms/image; speedup = reference / ours at the same thread count (torch and OpenCV "
+        f"limited to it; our whole-dataset runs also have one background thread writing files). "
+        f"Both sides run with the same glibc allocator settings (medrobust.runtime.keep_freed_memory)."
         + (" QUICK smoke run (few images): numbers are indicative only." if meta["quick"] else "")
     )
     text, md = [intro], ["# Corruption speed: medrobust vs reference", "", intro, "",

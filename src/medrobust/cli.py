@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from medrobust.runtime import keep_freed_memory
+
 __all__ = ["main"]
 
 
@@ -408,6 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 2 bad input or failure)."""
     args = build_parser().parse_args(argv)
     _set_threads(args.threads)
+    keep_freed_memory()
     try:
         return args.func(args)
     except BrokenPipeError:  # output piped into `head` and the like

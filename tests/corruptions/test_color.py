@@ -223,10 +223,19 @@ def test_batch_invariance(fn, params, retina_images: np.ndarray, nchw) -> None:
 def test_cuda_matches_cpu(
     fn, params, retina_images: np.ndarray, breast_images: np.ndarray, nchw
 ) -> None:
+    """Integer and LUT paths give the CPU's bytes. The float HSV round trips (saturate,
+    brightness_hsv, saturate_hsv) may differ by one level where CUDA fuses a multiply-add and
+    a value sits on a rounding boundary (seen on an H100: mean |diff| <= 0.1, max 1)."""
+    exact = fn not in (saturate, brightness_hsv, saturate_hsv)
     for images in (nchw(retina_images), nchw(breast_images)):
         out = fn(images.cuda(), params[2])
         assert out.device.type == "cuda"
-        assert torch.equal(out.cpu(), fn(images, params[2]))
+        expected = fn(images, params[2])
+        if exact:
+            assert torch.equal(out.cpu(), expected)
+        else:
+            diff = (out.cpu().to(torch.int16) - expected.to(torch.int16)).abs()
+            assert diff.max() <= 1 and diff.float().mean() < 0.15
 
 
 def test_bad_input_is_rejected() -> None:

@@ -97,3 +97,24 @@ def test_failure_leaves_no_partial_file(breast, tmp_path, monkeypatch):
         generate_benchmark(breast, suite, tmp_path, severities=(1,), progress=False)
     files = sorted(p.name for p in (tmp_path / "breastmnist" / "test").iterdir())
     assert files == ["clean.npz"]
+
+
+def test_writer_thread_failure_surfaces_and_leaves_no_partial_file(breast, tmp_path, monkeypatch):
+    """An error while writing (disk full, say) on the background writer reaches the caller."""
+    from medrobust.data import NpzWriter
+
+    real_write, calls = NpzWriter.write, []
+
+    def failing_write(self, name, chunk):
+        calls.append(self.path.name)
+        if self.path.name.startswith("pixelate"):
+            raise OSError(28, "No space left on device")
+        return real_write(self, name, chunk)
+
+    monkeypatch.setattr(NpzWriter, "write", failing_write)
+    with pytest.raises(OSError, match="No space left"):
+        generate_benchmark(breast, _suite(), tmp_path, severities=(1,), batch_size=4, progress=False)
+    files = sorted(p.name for p in (tmp_path / "breastmnist" / "test").iterdir())
+    assert files == ["clean.npz"]
+    manifest = json.loads((tmp_path / "breastmnist" / "test-manifest.json").read_text())
+    assert list(manifest["files"]) == ["breastmnist/test/clean.npz"]

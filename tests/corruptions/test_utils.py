@@ -116,6 +116,27 @@ def test_gaussian_filter_matches_scipy(method, sigma, truncate, mode) -> None:
         U.gaussian_filter(x, 1.0, method="fft")
 
 
+@pytest.mark.parametrize("mode", ["reflect", "symmetric", "replicate"])
+def test_separable_filter_opencv_path_matches_matrix_products(mode) -> None:
+    """float32 CPU planes go through cv2.sepFilter2D; float64 ones through filter matrices."""
+    x = _planes((2, 3, 40, 50)).float()
+    taps_h, taps_w = U.gaussian_taps(2.0, 8), U.gaussian_taps(1.2, 5)
+    fast = U.separable_filter(x, taps_h, taps_w, mode)
+    exact = U.separable_filter(x.double(), taps_h, taps_w, mode)
+    assert fast.dtype == torch.float32 and fast.shape == x.shape
+    np.testing.assert_allclose(fast.numpy(), exact.numpy(), atol=1e-4)
+
+
+def test_opencv_follows_torch_thread_count() -> None:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        U.match_cv2_threads()
+        assert cv2.getNumThreads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 # ----------------------------------------------------------------------------- zoom
 
 

@@ -4,6 +4,10 @@ Memory is bounded by the batch: the prepared clean images are streamed once into
 temporary memory-mapped cache, every output file is streamed batch by batch into a
 temporary name and renamed when complete. A finished file is never rewritten, so a killed
 run resumes where it stopped; a folder made with other settings is refused.
+
+File work (writing, fsync, SHA-256, manifest updates) runs in order on one background
+thread, so that the disk and the hash work on batch k while batch k + 1 is corrupted; at
+most ``_WRITE_QUEUE`` batches wait for it.
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ import hashlib
 import json
 import os
 import platform
+import queue
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,7 @@ __all__ = ["LAYOUTS", "BenchmarkFile", "generate_benchmark", "plan_benchmark"]
 
 LAYOUTS = ("medimeta-c", "medmnist-c")
 MANIFEST = "manifest.json"
+_WRITE_QUEUE = 6  # batches computed ahead of the writer thread (bounds memory)
 
 
 @dataclass(frozen=True)
@@ -181,11 +188,13 @@ def generate_benchmark(
                 positions[offset : offset + len(indices)] = indices
                 offset += len(indices)
             clean.flush()
-        for file in pending:
-            reps = max(1, len(file.severities))
-            with NpzWriter(file.path, compress=compress) as writer:
-                writer.add(label_key, np.concatenate([labels] * reps))
-                writer.declare(image_key, (reps * n, *image_shape), np.uint8)
+        with _Writer() as background:
+            for file in pending:
+                reps = max(1, len(file.severities))
+                writer = NpzWriter(file.path, compress=compress)
+                background.own(writer)
+                background.submit(writer.add, label_key, np.concatenate([labels] * reps))
+                background.submit(writer.declare, image_key, (reps * n, *image_shape), np.uint8)
                 for s in file.severities or (None,):
                     for start in range(0, n, batch_size):
                         stop = min(n, start + batch_size)
@@ -196,15 +205,12 @@ def generate_benchmark(
                                 batch, s, seed=seed, indices=positions[start:stop].tolist(),
                                 size_factor=factor,
                             )
-                        writer.write(image_key, _to_numpy(batch))
+                        background.submit(writer.write, image_key, _to_numpy(batch))
                         bar.update(stop - start)
-            outputs[str(file.path.relative_to(root))] = {
-                "corruption": file.corruption,
-                "severities": list(file.severities),
-                "sha256": file_sha256(file.path),
-                "images": reps * n,
-            }
-            _write_json_atomic(manifest_path, manifest)
+                background.submit(writer.close)
+                entry = {"corruption": file.corruption, "severities": list(file.severities),
+                         "images": reps * n}
+                background.submit(_record, outputs, root, file.path, entry, manifest_path, manifest)
     finally:
         bar.close()
         cache_path.unlink(missing_ok=True)
@@ -216,6 +222,67 @@ def generate_benchmark(
     manifest["complete"] = True
     _write_json_atomic(manifest_path, manifest)
     return manifest_path
+
+
+def _record(
+    outputs: dict[str, Any], root: Path, path: Path, entry: dict[str, Any],
+    manifest_path: Path, manifest: dict[str, Any],
+) -> None:
+    """Enter a finished file with its SHA-256 in the manifest and save the manifest."""
+    outputs[str(path.relative_to(root))] = {**entry, "sha256": file_sha256(path)}
+    _write_json_atomic(manifest_path, manifest)
+
+
+class _Writer:
+    """One background thread that runs submitted calls in order (file work).
+
+    ``submit`` blocks while ``_WRITE_QUEUE`` calls wait, and re-raises the first error of an
+    earlier call, after which the remaining calls are dropped. Leaving the ``with`` block
+    waits for the queued calls (files completed before a failure in the caller are kept);
+    after any error, every owned ``NpzWriter`` that did not finish is aborted, so no partial
+    file is left.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = queue.Queue(
+            maxsize=_WRITE_QUEUE
+        )
+        self._error: BaseException | None = None
+        self._owned: list[NpzWriter] = []
+        self._thread = threading.Thread(target=self._run, name="medrobust-writer", daemon=True)
+
+    def __enter__(self) -> _Writer:
+        self._thread.start()
+        return self
+
+    def own(self, writer: NpzWriter) -> None:
+        """Abort ``writer`` on failure unless it was closed."""
+        self._owned = [w for w in self._owned if not w.closed]
+        self._owned.append(writer)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._error is not None:
+            raise self._error
+        self._jobs.put((fn, args))
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if self._error is None:
+                fn, args = job
+                try:
+                    fn(*args)
+                except BaseException as exc:  # handed to the submitting thread
+                    self._error = exc
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        self._jobs.put(None)  # queued calls still run: earlier files are complete
+        self._thread.join()
+        if self._error is not None or exc_type is not None:
+            for writer in self._owned:
+                if not writer.closed:
+                    writer.abort()
+            if exc_type is None:
+                raise self._error
 
 
 def _to_numpy(images: torch.Tensor) -> np.ndarray:

@@ -302,6 +302,11 @@ class NpzWriter:
         self._declared[name] = (shape, dtype)
         self._rows[name] = 0
 
+    @property
+    def closed(self) -> bool:
+        """True once the file was completed (``close``) or discarded (``abort``)."""
+        return self._finished
+
     def rows_written(self, name: str) -> int:
         """Rows of ``name`` written so far."""
         if name not in self._rows:

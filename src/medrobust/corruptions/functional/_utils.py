@@ -11,6 +11,7 @@ modules use (no module imports a private name from a sibling):
   on CPU, the whole batch elsewhere; results do not depend on the slicing);
 * borders and filters: ``border_index``, ``pad2d``, ``gaussian_taps``, ``filter_matrix``,
   ``separable_filter``, ``correlate1d``, ``gaussian_filter``;
+* ``match_cv2_threads`` (OpenCV calls use torch's thread count);
 * ``clipped_zoom`` (ImageNet-C's centre crop and bilinear zoom).
 
 Border modes, named as in torch and OpenCV: ``reflect`` mirrors about the edge sample
@@ -25,6 +26,8 @@ import math
 from collections.abc import Callable, Sequence
 from numbers import Integral, Real
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -47,6 +50,7 @@ __all__ = [
     "gaussian_filter",
     "gaussian_taps",
     "map_chunks",
+    "match_cv2_threads",
     "pad2d",
     "rgb_to_grey_cv2",
     "rgb_to_l",
@@ -65,6 +69,11 @@ _PIL_L_WEIGHTS = (19595, 38470, 7471)
 _CV2_GREY_WEIGHTS = (0.299, 0.587, 0.114)
 
 _BORDER_MODES = ("reflect", "symmetric", "replicate")
+_CV2_BORDERS = {
+    "reflect": cv2.BORDER_REFLECT_101,
+    "symmetric": cv2.BORDER_REFLECT,
+    "replicate": cv2.BORDER_REPLICATE,
+}
 _PAD_MODES = (*_BORDER_MODES, "zeros")
 
 
@@ -314,20 +323,51 @@ def filter_matrix(taps: torch.Tensor, n: int, mode: str) -> torch.Tensor:
     return m.index_put_((rows, cols), taps.to(torch.float64).expand(n, k), accumulate=True)
 
 
+def match_cv2_threads() -> None:
+    """Give OpenCV's thread pool ``torch.get_num_threads()`` threads (it defaults to every core),
+    so that ``torch.set_num_threads`` bounds the OpenCV calls of the corruptions too."""
+    threads = torch.get_num_threads()
+    if cv2.getNumThreads() != threads:
+        cv2.setNumThreads(threads)
+
+
 def separable_filter(
     x: torch.Tensor, taps_h: torch.Tensor, taps_w: torch.Tensor | None, mode: str
 ) -> torch.Tensor:
     """Correlate every plane of float ``x`` (..., H, W) with ``taps_w`` along W, then ``taps_h``
-    along H (``taps_w=None``: the same taps), as two products with ``filter_matrix``es.
+    along H (``taps_w=None``: the same taps).
 
-    The cost does not grow with the kernel length; for short kernels ``correlate1d`` is faster.
+    On CPU, float32 planes go through ``cv2.sepFilter2D`` (SIMD, cost linear in the kernel
+    length), one call per plane so that no plane's result depends on its batch. Elsewhere,
+    and for kernels longer than the image, two products with ``filter_matrix``es (cost
+    independent of the kernel length). The two agree to float32 rounding.
     """
     h, w = x.shape[-2:]
     taps_w = taps_h if taps_w is None else taps_w
+    if (
+        x.device.type == "cpu" and x.dtype == torch.float32 and mode in _CV2_BORDERS
+        and taps_h.numel() // 2 < h and taps_w.numel() // 2 < w
+    ):
+        return _separable_filter_cv2(x, taps_h, taps_w, mode)
     # the matrices are built in float64 on CPU (MPS has no float64), then cast to x's dtype
     mw = filter_matrix(taps_w.to("cpu", torch.float64), w, mode).to(x.device, x.dtype)
     mh = filter_matrix(taps_h.to("cpu", torch.float64), h, mode).to(x.device, x.dtype)
     return torch.matmul(mh, torch.matmul(x, mw.T))
+
+
+def _separable_filter_cv2(
+    x: torch.Tensor, taps_h: torch.Tensor, taps_w: torch.Tensor, mode: str
+) -> torch.Tensor:
+    match_cv2_threads()
+    h, w = x.shape[-2:]
+    planes = x.detach().contiguous().reshape(-1, h, w).numpy()
+    out = np.empty_like(planes)
+    kernel_x = taps_w.to("cpu", torch.float32).numpy()
+    kernel_y = taps_h.to("cpu", torch.float32).numpy()
+    border = _CV2_BORDERS[mode]
+    for plane, result in zip(planes, out, strict=True):
+        cv2.sepFilter2D(plane, -1, kernel_x, kernel_y, dst=result, borderType=border)
+    return torch.from_numpy(out).reshape(x.shape)
 
 
 def correlate1d(x: torch.Tensor, taps: Sequence[float], dim: int, mode: str) -> torch.Tensor:
@@ -354,16 +394,15 @@ def gaussian_filter(
     *,
     truncate: float = 4.0,
     mode: str = "replicate",
-    method: str = "shifts",
+    method: str = "matmul",
 ) -> torch.Tensor:
     """``scipy.ndimage.gaussian_filter`` over the last two dims of float ``x``.
 
     ``sigma`` is one value or ``(sigma_h, sigma_w)``; an axis with sigma 0 is left as it is.
     Taps reach ``int(truncate * sigma + 0.5)``; the defaults are ``skimage.filters.gaussian``'s
-    (mode 'nearest' = ``replicate``, truncate 4). ``method`` picks the arithmetic: ``shifts``
-    (``correlate1d`` with float32 taps; fast for short kernels) or ``matmul``
-    (``separable_filter``; any length). The two differ in the last float bit, so a corruption
-    keeps the one its outputs were made with.
+    (mode 'nearest' = ``replicate``, truncate 4). ``method`` picks the arithmetic: ``matmul``
+    (``separable_filter``: OpenCV on CPU, matrix products elsewhere) or ``shifts``
+    (``correlate1d`` with float32 taps). The two agree to float32 rounding.
     """
     sigma_h, sigma_w = (sigma, sigma) if isinstance(sigma, Real) else sigma
     if method == "matmul":

@@ -27,6 +27,7 @@ from medrobust.corruptions.functional._utils import (
     check_images,
     check_real,
     check_tuple,
+    match_cv2_threads,
     rgb_to_l,
     to_uint8,
 )
@@ -85,6 +86,7 @@ def _apply_lut_cv2(images: torch.Tensor, lut: torch.Tensor, out: torch.Tensor) -
     channel plane): a 224 px plane is large enough that the per-call overhead is small, and it
     is still several times faster than any batched torch gather.
     """
+    match_cv2_threads()
     src = images.contiguous().numpy()
     dst = out.numpy()
     tables = lut.contiguous().numpy()
