@@ -35,6 +35,13 @@ THREAD_VARIABLES = (
     "VECLIB_MAXIMUM_THREADS",
     "NUMBA_NUM_THREADS",
 )
+# The suites the speed benchmarks time, as SUITE[/DATASET]@IMAGES (images: a REAL_DATASETS key).
+SPEED_SUITES = (
+    "medmnist-c/pneumoniamnist@pneumoniamnist",
+    "medmnist-c/pathmnist@pathmnist",
+    "medmnist-c/dermamnist@retinamnist",
+    "imagenet-c@pathmnist",
+)
 # Datasets with real images in shared/data and their colour (MedMNIST DATASET_RGB).
 REAL_DATASETS: dict[str, str] = {
     "breastmnist": "grey",

@@ -31,6 +31,7 @@ import torch
 
 from _common import (
     DEFAULT_DATA_ROOT,
+    SPEED_SUITES,
     geometric_mean,
     load_real_images,
     markdown_table,
@@ -40,12 +41,7 @@ from _common import (
 )
 from medrobust.runtime import keep_freed_memory
 
-DEFAULT_SUITES = (
-    "medmnist-c/pneumoniamnist@pneumoniamnist",
-    "medmnist-c/pathmnist@pathmnist",
-    "medmnist-c/dermamnist@retinamnist",
-    "imagenet-c@pathmnist",
-)
+DEFAULT_SUITES = SPEED_SUITES
 HEADERS = ("corruption", "function", "CUDA img/s", "CPU img/s", "CUDA/CPU", "agreement")
 
 

@@ -34,6 +34,7 @@ import numpy as np
 from _common import (
     DEFAULT_DATA_ROOT,
     DEFAULT_REFENV,
+    SPEED_SUITES,
     AnonPeak,
     format_table,
     format_versions,
@@ -48,12 +49,7 @@ from _common import (
     write_results,
 )
 
-DEFAULT_SUITES = (
-    "medmnist-c/pneumoniamnist@pneumoniamnist",
-    "medmnist-c/pathmnist@pathmnist",
-    "medmnist-c/dermamnist@retinamnist",
-    "imagenet-c@pathmnist",
-)
+DEFAULT_SUITES = SPEED_SUITES
 WHOLE_DATASET = "pneumoniamnist"
 MEMORY_CORRUPTIONS = ("gaussian_noise", "pixelate", "gaussian_blur")
 SPEED_HEADERS = ("corruption", "function", "ref 1t", "ref 2t", "ours 1t", "ours 2t",

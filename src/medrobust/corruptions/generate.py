@@ -7,7 +7,7 @@ run resumes where it stopped; a folder made with other settings is refused.
 
 File work (writing, fsync, SHA-256, manifest updates) runs in order on one background
 thread, so that the disk and the hash work on batch k while batch k + 1 is corrupted; at
-most ``_WRITE_QUEUE`` batches wait for it.
+most ``_WRITE_QUEUE`` batches (and file calls) wait for it.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ __all__ = ["LAYOUTS", "BenchmarkFile", "generate_benchmark", "plan_benchmark"]
 
 LAYOUTS = ("medimeta-c", "medmnist-c")
 MANIFEST = "manifest.json"
-_WRITE_QUEUE = 6  # batches computed ahead of the writer thread (bounds memory)
+_WRITE_QUEUE = 6  # calls (mostly batch writes) queued ahead of the writer thread: bounds memory
 
 
 @dataclass(frozen=True)
