@@ -112,13 +112,12 @@ def measure_whole(args: argparse.Namespace, device: torch.device) -> dict[str, A
     dataset = load_medmnist("pneumoniamnist", split="test", size=28, root=args.data_root, download=False)
     suite = get_suite("medmnist-c", dataset="pneumoniamnist")
     seconds = {}
-    for target in (device, torch.device("cpu")):
+    for label, target in (("cuda", device), ("cpu", torch.device("cpu"))):
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
             generate_benchmark(dataset, suite, out, layout="medmnist-c", seed=0, device=str(target),
                                batch_size=args.batch, resize=True, progress=False)
-            seconds["cpu" if target.type == "cpu" and target is not device else "cuda"] = (
-                time.perf_counter() - start)
+            seconds[label] = time.perf_counter() - start
     return {"dataset": "pneumoniamnist", "images": len(dataset), "corruptions": len(suite.corruptions),
             "severities": 5, "seconds": seconds}
 

@@ -73,6 +73,8 @@ def test_resume_skips_finished_files_and_refuses_other_settings(breast, tmp_path
     generate_benchmark(breast, _suite(), tmp_path, severities=(1,), progress=False)
     assert target.stat().st_mtime_ns == before
     assert (tmp_path / "breastmnist" / "test" / "speckle_noise_severity_1.npz").is_file()
+    generate_benchmark(breast, _suite(), tmp_path, severities=(1,), progress=False)  # all done
+    assert target.stat().st_mtime_ns == before
     with pytest.raises(ValueError, match="other settings"):
         generate_benchmark(breast, _suite(), tmp_path, severities=(1,), seed=1, progress=False)
 
