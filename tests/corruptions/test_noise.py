@@ -110,17 +110,93 @@ def test_seeds(name: str, retina_images: np.ndarray, nchw, streams) -> None:
     assert not torch.equal(first, fn(images, param, rng=streams(2, "noise", seed=1)))
 
 
-@pytest.mark.parametrize("name", list(FUNCTIONS))
-def test_grey_is_luminance_of_rgb_noise(
-    name: str, breast_images: np.ndarray, nchw, to_numpy, streams
-) -> None:
-    """Grey input is exactly grey -> RGB -> corrupt (same draws) -> PIL ``convert('L')``."""
-    grey = nchw(breast_images[:3])
-    fn, param = FUNCTIONS[name], PARAMS[name][2]
-    ours = fn(grey, param, rng=streams(3, "noise"))
-    rgb = fn(grey.expand(-1, 3, -1, -1).contiguous(), param, rng=streams(3, "noise"))
-    luminance = [np.asarray(Image.fromarray(x).convert("L")) for x in to_numpy(rgb)]
-    np.testing.assert_array_equal(to_numpy(ours), np.stack(luminance))
+CHANNEL_CASES = [
+    ("gaussian", 0.04),
+    ("gaussian", 0.38),
+    ("speckle", 0.2),
+    ("impulse", 0.27),
+    ("shot", 3.0),
+    ("shot", 60.0),
+]
+
+
+def brute_force_luma(channel: np.ndarray) -> np.ndarray:
+    """P(L | x) for one input level by enumerating every (R, G, B) draw: PIL's luminance."""
+    levels = np.arange(256)
+    luma = (
+        19595 * levels[:, None, None]
+        + 38470 * levels[None, :, None]
+        + 7471 * levels[None, None, :]
+        + 0x8000
+    ) >> 16
+    weight = channel[:, None, None] * channel[None, :, None] * channel[None, None, :]
+    return np.bincount(luma.ravel(), weights=weight.ravel(), minlength=256)
+
+
+@pytest.mark.parametrize(("kind", "param"), CHANNEL_CASES)
+def test_grey_tables_are_the_luminance_of_three_channels(kind: str, param: float) -> None:
+    """A grey pixel's output is PIL's luminance of three independent channel draws, exactly."""
+    channel = noise._CHANNEL_DISTRIBUTIONS[kind](param).numpy()
+    grey = noise._luma_distribution(torch.from_numpy(channel)).numpy()
+    for level in (0, 77, 254):
+        np.testing.assert_allclose(
+            grey[level], brute_force_luma(channel[level]), rtol=0, atol=1e-12
+        )
+
+
+@pytest.mark.parametrize(("kind", "param"), CHANNEL_CASES)
+def test_channel_distributions_match_the_reference_quantisation(kind: str, param: float) -> None:
+    """P(y | x) of one channel against the reference's float64 arithmetic on many draws."""
+    g = np.random.default_rng(0)
+    x = np.repeat(np.array([0, 40, 128, 250]), 50_000) / 255.0
+    noisy = {
+        "gaussian": lambda: x + g.normal(size=x.shape, scale=param),
+        "speckle": lambda: x + x * g.normal(size=x.shape, scale=param),
+        "impulse": lambda: skimage.util.random_noise(x, mode="s&p", amount=param, rng=g),
+        "shot": lambda: g.poisson(x * param) / float(param),
+    }[kind]()
+    out = (np.clip(noisy, 0, 1) * 255).astype(np.uint8).reshape(4, -1)
+    probs = noise._CHANNEL_DISTRIBUTIONS[kind](param).numpy()[[0, 40, 128, 250]]
+    for observed, expected in zip(out, probs, strict=True):
+        frequencies = np.bincount(observed, minlength=256) / observed.size
+        assert np.abs(frequencies - expected).max() < 0.01
+        assert not (frequencies[expected == 0] > 0).any()  # nothing outside the support
+
+
+def test_packed_tables_reproduce_their_distribution() -> None:
+    """Decoding every cell of a packed alias table gives back P(y | x) to its 2**-31 resolution."""
+    probs = noise._luma_distribution(noise._CHANNEL_DISTRIBUTIONS["gaussian"](0.12))
+    packed = noise._sampling_table(probs).view(256, 256).to(torch.int64)
+    threshold = (packed >> 8).double() / (1 << noise._FRACTION_BITS)
+    own = torch.arange(256).expand(256, 256)
+    implied = torch.zeros(256, 256, dtype=torch.float64)
+    implied.scatter_add_(1, own, threshold).scatter_add_(1, packed & 255, 1.0 - threshold)
+    np.testing.assert_allclose((implied / 256).numpy(), probs.numpy(), rtol=0, atol=1e-8)
+
+
+def test_sample_takes_own_level_below_the_threshold_else_the_alias() -> None:
+    table = torch.zeros(256 * 256, dtype=torch.int32)
+    cell = 7 * 256 + 3  # input level 7, cell 3: own level 3, alias 200, threshold 1000
+    table[cell] = (1000 << 8) | 200
+    bits = torch.tensor(
+        [(3 << 23) | 999, (3 << 23) | 1000, (3 << 23) | 0x7FFFFF], dtype=torch.int32
+    )
+    levels = torch.full((3,), 7, dtype=torch.uint8)
+    assert noise._sample(levels, table, bits).tolist() == [3, 200, 200]
+
+
+def test_grey_samples_follow_the_tables(streams) -> None:
+    """Grey output frequencies for a constant level match the luminance table (chi-square)."""
+    level, sigma = 90, 0.12
+    image = torch.full((4, 1, 64, 64), level, dtype=torch.uint8)
+    out = gaussian_noise(image, sigma, rng=streams(4, "noise")).flatten().numpy()
+    probs = noise._luma_distribution(noise._gaussian_distribution(sigma))[level].numpy()
+    expected = probs * out.size
+    big = expected >= 5
+    observed = np.bincount(out, minlength=256)
+    assert observed[~big].sum() <= 4 * max(expected[~big].sum(), 1.0)
+    chi2 = (((observed - expected) ** 2)[big] / expected[big]).sum()
+    assert stats.chi2.sf(chi2, big.sum() - 1) > 1e-4
 
 
 @pytest.mark.parametrize("photons", [0.5, 3, 12.5, 60, 200, 1000])

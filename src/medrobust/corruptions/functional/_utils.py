@@ -5,8 +5,8 @@ modules use (no module imports a private name from a sibling):
 
 * validation: ``check_images``, ``check_rng``, ``check_real``, ``check_int``, ``check_tuple``,
   ``check_factor`` (errors say what was wrong and what is allowed);
-* conversion: ``to_float``, ``to_uint8``, ``rgb_to_l`` (PIL's integer ``convert('L')``) and
-  ``rgb_to_grey_cv2`` (OpenCV's float ``COLOR_RGB2GRAY``);
+* conversion: ``to_float``, ``to_uint8``, ``rgb_to_l`` (PIL's integer ``convert('L')``, with
+  ``PIL_L_WEIGHTS``) and ``rgb_to_grey_cv2`` (OpenCV's float ``COLOR_RGB2GRAY``);
 * batching: ``chunk_length``, ``batch_slices``, ``map_chunks`` (cache-sized slices of a batch
   on CPU, the whole batch elsewhere; results do not depend on the slicing);
 * borders and filters: ``border_index``, ``pad2d``, ``gaussian_taps``, ``filter_matrix``,
@@ -35,6 +35,7 @@ from medrobust.corruptions._random import ImageRandom
 
 __all__ = [
     "CPU_CHUNK_ELEMENTS",
+    "PIL_L_WEIGHTS",
     "batch_slices",
     "border_index",
     "check_factor",
@@ -64,7 +65,7 @@ __all__ = [
 CPU_CHUNK_ELEMENTS = 1 << 17
 
 # PIL's RGB -> L conversion (ITU-R 601-2 in 16-bit fixed point, rounded): Convert.c ``L24``.
-_PIL_L_WEIGHTS = (19595, 38470, 7471)
+PIL_L_WEIGHTS = (19595, 38470, 7471)
 # OpenCV's COLOR_RGB2GRAY weights on float images (ITU-R 601-2).
 _CV2_GREY_WEIGHTS = (0.299, 0.587, 0.114)
 
@@ -185,7 +186,7 @@ def rgb_to_l(rgb: torch.Tensor) -> torch.Tensor:
     grey conversion computes. Use ``rgb_to_grey_cv2`` where a reference converts floats.
     """
     x = rgb.to(torch.int32)
-    wr, wg, wb = _PIL_L_WEIGHTS
+    wr, wg, wb = PIL_L_WEIGHTS
     luma = x[:, 0:1] * wr
     luma.add_(x[:, 1:2], alpha=wg).add_(x[:, 2:3], alpha=wb).add_(0x8000)
     return (luma >> 16).to(torch.uint8)
