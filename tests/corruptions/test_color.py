@@ -11,7 +11,8 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageEnhance
 
-from medrobust.corruptions.functional import color
+from medrobust.corruptions.functional import _utils, color
+from medrobust.corruptions.functional._utils import l_sums, plane_sums, rgb_to_l
 from medrobust.corruptions.functional.color import (
     brightness,
     brightness_hsv,
@@ -113,6 +114,35 @@ def image_sets(breast_images, retina_images, shared_data, upsample) -> dict[str,
         "edges": edge_colours(),
         "random": rng.integers(0, 256, (2, 19, 23, 3), dtype=np.uint8),
     }
+
+
+def many_colours() -> np.ndarray:
+    """65,536 random colours, every grey and every colour with two equal channels on a grid."""
+    rng = np.random.default_rng(1)
+    grid = np.arange(0, 256, 5, dtype=np.uint8)
+    a, b = (x.ravel() for x in np.meshgrid(grid, grid))
+    ties = np.concatenate([np.stack(order, -1) for order in ((a, a, b), (a, b, a), (b, a, a))])
+    greys = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, 1)
+    colours = np.concatenate([rng.integers(0, 256, (1 << 16, 3), dtype=np.uint8), ties, greys])
+    return colours.reshape(1, 1, -1, 3)
+
+
+@pytest.mark.parametrize(
+    ("fn", "reference", "param"),
+    [
+        (saturate, medmnistc_saturate, 0.15),
+        (saturate, medmnistc_saturate, -0.3),
+        (brightness_hsv, imagenetc_brightness, 0.3),
+        (brightness_hsv, imagenetc_brightness, -0.2),
+        (saturate_hsv, imagenetc_saturate, (0.3, 0.2)),
+        (saturate_hsv, imagenetc_saturate, (5, 0.1)),
+    ],
+)
+def test_hsv_round_trip_is_skimage_on_many_colours(fn, reference, param, nchw, to_numpy) -> None:
+    """The tabulated HSV round trip equals scikit-image's float64 one, colour by colour."""
+    colours = many_colours()
+    expected = reference(param)(Image.fromarray(colours[0]))
+    np.testing.assert_array_equal(to_numpy(fn(nchw(colours), param))[0], expected)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -274,3 +304,148 @@ def test_cpu_lut_fast_path_equals_the_gather(table_shape, layout) -> None:
     assert torch.equal(gathered, expected)
     out = color._apply_lut(images, lut)  # the cv2.LUT path on CPU
     assert out.is_contiguous() and torch.equal(out, expected)
+
+
+# slopes for the affine fast path: reference severities and edges (flat, identity, steep)
+SLOPES = (0.0, 0.05, 0.1, 0.4, 0.5, 0.6, 0.75, 1.0, 1.2, 1.3, 1.6, 1.7, 2.5, 10.0, 1 / 3, 0.123456)
+CPU = torch.device("cpu")
+
+
+def every_level_images(n: int, channels: int) -> torch.Tensor:
+    """Images whose first holds every level many times at shifting positions, with 17 x 31
+    planes (no multiple of OpenCV's vector widths, so its tail loops run); the later images'
+    levels are compressed towards 0 so that their means, and contrast tables, differ."""
+    size = n * channels * 17 * 31
+    index = np.arange(size)
+    levels = ((index * 7 + index // 256) % 256).reshape(n, channels, 17, 31)
+    return torch.from_numpy((levels * 0.8 ** np.arange(n)[:, None, None, None]).astype(np.uint8))
+
+
+def level_runs() -> tuple[np.ndarray, ...]:
+    """Every level in a contiguous odd-length row (SIMD body and tail) and down a strided
+    column (rows of one element: the scalar loop only)."""
+    levels = np.arange(256, dtype=np.uint8)
+    return np.resize(levels, (1, 256 * 5 + 3)), np.repeat(levels[:, None], 2, axis=1)[:, :1]
+
+
+@pytest.fixture
+def fresh_affine_cache():
+    """Clear ``_affine_map``'s cache before and after, so that tests do not share maps."""
+    affine_map = color._affine_map  # the cached function, even while a test replaces it
+    affine_map.cache_clear()
+    yield
+    affine_map.cache_clear()
+
+
+@pytest.mark.parametrize("fn", [brightness, contrast, contrast_mean])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_affine_fast_path_equals_the_lookup_table(
+    fn, channels, monkeypatch, fresh_affine_cache
+) -> None:
+    """With the affine pass, the same bytes as with every table through ``cv2.LUT``: for every
+    slope, for a shared table (brightness), per-image (contrast) and per-plane (contrast_mean)
+    tables, whole batches and single images."""
+    images = every_level_images(6, channels)
+    real_affine_map = color._affine_map
+    taken = []
+
+    def spy(table: bytes, slope: float):
+        found = real_affine_map(table, slope)
+        taken.append(found is not None)
+        return found
+
+    with monkeypatch.context() as m:
+        m.setattr(color, "_affine_map", spy)
+        fast = {slope: fn(images, slope) for slope in SLOPES}
+        single = {slope: fn(images[5:], slope) for slope in SLOPES}
+    assert any(taken), "the affine pass was never used"
+    monkeypatch.setattr(color, "_affine_map", lambda table, slope: None)
+    for slope in SLOPES:
+        expected = fn(images, slope)
+        assert torch.equal(fast[slope], expected), slope
+        assert torch.equal(single[slope], expected[5:]), slope
+
+
+@pytest.mark.parametrize("factor", [0.6, 1.2, 1.3, 1.6])
+def test_every_contrast_table_is_exact_on_every_level(factor, fresh_affine_cache) -> None:
+    """All 256 contrast tables of a factor (one per grey level): every accepted affine pass
+    gives the table's entry for every level on the SIMD and the scalar paths."""
+    tables = color._blend_lut(torch.arange(256), factor, CPU).numpy()
+    accepted = 0
+    for table in tables:
+        affine = color._affine_map(table.tobytes(), factor)
+        if affine is None:
+            continue
+        accepted += 1
+        for levels in level_runs():
+            np.testing.assert_array_equal(affine.apply(levels), table[levels])
+    assert accepted > 0
+
+
+def test_affine_fast_path_falls_back_to_the_table(monkeypatch, fresh_affine_cache) -> None:
+    """Tables that no rounded affine map gives, and a fitted map that OpenCV does not reproduce,
+    go through ``cv2.LUT``."""
+    zero = torch.zeros((), dtype=torch.int64)
+    # float32 PIL arithmetic puts some multiples of 1.3 just below an integer: not affine
+    assert color._affine_map(color._blend_lut(zero, 1.3, CPU).numpy().tobytes(), 1.3) is None
+    gamma_table = np.array(color._gamma_table(2.0), dtype=np.uint8)
+    assert color._affine_map(gamma_table.tobytes(), 1.0) is None
+    shuffled = np.random.default_rng(0).permutation(256).astype(np.uint8)
+    assert color._affine_map(shuffled.tobytes(), 1.0) is None
+    # a fit off by one level is rejected by the calibration, whatever margin it claims
+    lut = color._blend_lut(zero, 1.2, CPU)
+    assert color._affine_map(lut.numpy().tobytes(), 1.2) is not None
+    color._affine_map.cache_clear()
+    monkeypatch.setattr(color, "_fit_affine", lambda levels, slope: (slope, 0.6, 0.4))
+    assert color._affine_map(lut.numpy().tobytes(), 1.2) is None
+    images = every_level_images(2, 3)
+    assert torch.equal(brightness(images, 1.2), color._apply_lut(images, lut))
+
+
+def test_calibration_sends_every_level_down_every_path() -> None:
+    """The long array and each column of the strided rows hold all 256 levels; the rows are
+    strided (OpenCV cannot merge them into one) and 127 and 1 elements long."""
+    long_run, rows, singles = color._calibration_inputs()
+    assert long_run.flags.c_contiguous and long_run.size >= 256 * 64
+    assert np.array_equal(np.unique(long_run), np.arange(256))
+    for run, width in ((rows, 127), (singles, 1)):
+        assert run.shape == (256, width) and not run.flags.c_contiguous
+        assert all(np.array_equal(np.sort(run[:, j]), np.arange(256)) for j in range(width))
+
+
+def test_l_sums_of_every_colour() -> None:
+    """``l_sums`` equals the sums of PIL's L (``rgb_to_l``) over all 2**24 RGB colours: image b
+    holds every (R, G) pair with blue b, so its float32 path meets every rounding case."""
+    red, green = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    expected = np.empty(256, dtype=np.int64)
+    images = np.empty((256, 3, 256, 256), dtype=np.uint8)
+    for b in range(256):
+        images[b, 0], images[b, 1], images[b, 2] = red, green, b
+        weights = 19595 * red + 38470 * green + 7471 * b + 0x8000
+        expected[b] = (weights >> 16).sum()
+    x = torch.from_numpy(images)
+    assert torch.equal(torch_sums(x[:3])[1], torch.from_numpy(expected[:3]))  # the formula
+    assert torch.equal(l_sums(x), torch.from_numpy(expected))
+
+
+def torch_sums(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-plane sums and per-image sums of PIL's L, by torch."""
+    luma = rgb_to_l(images) if images.shape[1] == 3 else images
+    planes = images.sum(dim=(2, 3), dtype=torch.int64)
+    return planes, luma.sum(dim=(1, 2, 3), dtype=torch.int64)
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 19, 23), (3, 1, 28, 28), (2, 3, 224, 160), (0, 3, 8, 8)])
+def test_plane_and_l_sums_match_torch(shape, monkeypatch) -> None:
+    """The OpenCV sums equal torch's in every layout, and so does the torch path taken on other
+    devices and for planes whose sum could overflow int32."""
+    gen = torch.Generator().manual_seed(5)
+    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen)
+    for layout in (images, images.contiguous(memory_format=torch.channels_last), images[..., ::2]):
+        planes, lumas = torch_sums(layout)
+        assert torch.equal(plane_sums(layout), planes)
+        assert torch.equal(l_sums(layout), lumas)
+    monkeypatch.setattr(_utils, "_INT32_MAX", 0)
+    planes, lumas = torch_sums(images)
+    assert torch.equal(plane_sums(images), planes)
+    assert torch.equal(l_sums(images), lumas)
