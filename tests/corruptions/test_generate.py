@@ -120,3 +120,27 @@ def test_writer_thread_failure_surfaces_and_leaves_no_partial_file(breast, tmp_p
     assert files == ["clean.npz"]
     manifest = json.loads((tmp_path / "breastmnist" / "test-manifest.json").read_text())
     assert list(manifest["files"]) == ["breastmnist/test/clean.npz"]
+
+
+def test_finisher_failure_surfaces_and_keeps_only_finished_files(breast, tmp_path, monkeypatch):
+    """An error while finishing a file (fsync, rename) on the second thread reaches the caller;
+    files finished before it are kept and recorded, nothing partial is left."""
+    from medrobust.data import NpzWriter
+
+    real_close = NpzWriter.close
+
+    def failing_close(self):
+        if self.path.name.startswith("pixelate"):
+            self.abort()
+            raise OSError(5, "Input/output error")
+        return real_close(self)
+
+    monkeypatch.setattr(NpzWriter, "close", failing_close)
+    with pytest.raises(OSError, match="Input/output error"):
+        generate_benchmark(breast, _suite(), tmp_path, severities=(1,), batch_size=4, progress=False)
+    folder = tmp_path / "breastmnist" / "test"
+    files = sorted(p.name for p in folder.iterdir())
+    assert files == ["clean.npz"], files  # no temporary or later file survives
+    manifest = json.loads((tmp_path / "breastmnist" / "test-manifest.json").read_text())
+    assert list(manifest["files"]) == ["breastmnist/test/clean.npz"]
+    assert "complete" not in manifest

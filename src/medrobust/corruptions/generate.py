@@ -5,9 +5,10 @@ temporary memory-mapped cache, every output file is streamed batch by batch into
 temporary name and renamed when complete. A finished file is never rewritten, so a killed
 run resumes where it stopped; a folder made with other settings is refused.
 
-File work (writing, fsync, SHA-256, manifest updates) runs in order on one background
-thread, so that the disk and the hash work on batch k while batch k + 1 is corrupted; at
-most ``_WRITE_QUEUE`` batches (and file calls) wait for it.
+File work runs on two background threads, each in order: one writes batches, the other
+finishes complete files (fsync, rename, SHA-256, manifest update), so that the disk and the
+hash work on earlier batches while the next is corrupted; at most ``_WRITE_QUEUE`` batches
+(and file calls) wait for each.
 """
 
 from __future__ import annotations
@@ -188,11 +189,12 @@ def generate_benchmark(
                 positions[offset : offset + len(indices)] = indices
                 offset += len(indices)
             clean.flush()
-        with _Writer() as background:
+        # the finisher is left last: the batch writer's queued hand-overs reach it first
+        with _Writer("medrobust-finisher") as finisher, _Writer("medrobust-writer") as background:
             for file in pending:
                 reps = max(1, len(file.severities))
                 writer = NpzWriter(file.path, compress=compress)
-                background.own(writer)
+                finisher.own(writer)
                 background.submit(writer.add, label_key, np.concatenate([labels] * reps))
                 background.submit(writer.declare, image_key, (reps * n, *image_shape), np.uint8)
                 for s in file.severities or (None,):
@@ -207,10 +209,12 @@ def generate_benchmark(
                             )
                         background.submit(writer.write, image_key, _to_numpy(batch))
                         bar.update(stop - start)
-                background.submit(writer.close)
                 entry = {"corruption": file.corruption, "severities": list(file.severities),
                          "images": reps * n}
-                background.submit(_record, outputs, root, file.path, entry, manifest_path, manifest)
+                background.submit(finisher.submit, writer.close)
+                background.submit(
+                    finisher.submit, _record, outputs, root, file.path, entry, manifest_path, manifest
+                )
     finally:
         bar.close()
         cache_path.unlink(missing_ok=True)
@@ -240,16 +244,17 @@ class _Writer:
     earlier call, after which the remaining calls are dropped. Leaving the ``with`` block
     waits for the queued calls (files completed before a failure in the caller are kept);
     after any error, every owned ``NpzWriter`` that did not finish is aborted, so no partial
-    file is left.
+    file is left. Calls may submit to another ``_Writer`` (a later stage), whose errors then
+    surface through this one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
         self._jobs: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = queue.Queue(
             maxsize=_WRITE_QUEUE
         )
         self._error: BaseException | None = None
         self._owned: list[NpzWriter] = []
-        self._thread = threading.Thread(target=self._run, name="medrobust-writer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def __enter__(self) -> _Writer:
         self._thread.start()
