@@ -256,6 +256,99 @@ def test_defocus_at_28px_and_non_square(
     _assert_close(nhwc(blur.defocus_blur(non_square, (4, 0.5))), ref)
 
 
+# the MedMNIST-C defocus levels (all datasets) besides ImageNet-C's, at 224 px
+DEFOCUS_MEDMNIST_C = [
+    (0.5, 0.6), (1, 0.5), (1.5, 0.1), (2, 0.01), (2, 0.5), (2.5, 0.1), (3, 0.1), (4, 0.1),
+    (5, 0.1), (5, 0.2), (6, 0.1), (6, 0.2), (6, 0.3), (7, 0.3), (7, 0.4),
+]  # fmt: skip
+DEFOCUS_ALL = sorted({*IMAGENET_C["defocus_blur"], *DEFOCUS_MEDMNIST_C})
+
+
+def _exact_defocus(images: torch.Tensor, param) -> np.ndarray:
+    """The disk correlation of every plane in float64 (reflect-101 border), in grey levels."""
+    kernel = blur._disk_kernel(*param).numpy()
+    planes = images.reshape(-1, *images.shape[-2:]).double().numpy()
+    return np.stack([correlate(plane, kernel, mode="mirror") for plane in planes])
+
+
+@pytest.mark.parametrize("size", [28, 224])
+def test_defocus_disk_sums_equal_the_kernel(
+    size: int, grey224: torch.Tensor, rgb224: torch.Tensor, retina_images: np.ndarray, nchw
+) -> None:
+    """The integral-image path (nested rectangles, then the blur) is the kernel, to 2e-4 grey
+    levels, on real and random planes; the results truncate as the exact values do."""
+    real = rgb224[:1] if size == 224 else nchw(retina_images[:2])
+    noise = torch.randint(
+        0, 256, (1, 1, size, size + 5), generator=torch.Generator().manual_seed(1)
+    )
+    for param in DEFOCUS_ALL:
+        param = blur.scale_defocus_blur(param, size / 224)
+        plan = blur._disk_sums(*param)
+        if plan is None:
+            continue
+        for images in (real, noise.to(torch.uint8), grey224[:1, :, :size, :size].contiguous()):
+            h, w = images.shape[-2:]
+            planes = images.reshape(-1, h, w).numpy()
+            grid = blur._disk_correlate(planes, plan)[
+                :, plan.pad : plan.pad + h, plan.pad : plan.pad + w
+            ]
+            exact = _exact_defocus(images, param)
+            np.testing.assert_allclose(grid, exact, atol=2e-4, rtol=0, err_msg=str(param))
+            ours = blur.defocus_blur(images, param).reshape(-1, h, w).numpy()
+            near = np.abs(exact - np.round(exact)) < 2e-4
+            assert np.all((ours == np.floor(np.clip(exact, 0, 255))) | near), param
+
+
+@pytest.mark.parametrize("param", [(7, 0.3), (8, 0.5), (10, 0.5)])
+def test_defocus_fft_fallback(param) -> None:
+    """Disks that reach the kernel's edge, where its anti-alias blur reflects (radius 7 and
+    up, and every radius above 8), go to the FFT; an unblurred disk (sigma 0.1) does not."""
+    assert blur._disk_sums(*param) is None
+    assert blur._disk_sums(8, 0.01) is not None and blur._disk_sums(8, 0.01).taps is None
+    assert blur._disk_sums(6, 0.5) is not None
+    images = torch.randint(0, 256, (2, 3, 40, 36), generator=torch.Generator().manual_seed(2))
+    images = images.to(torch.uint8)
+    kernel = blur._disk_kernel(*param)
+    assert torch.equal(blur.defocus_blur(images, param), blur._defocus_fft(images, kernel))
+
+
+@pytest.mark.parametrize("param", DEFOCUS_ALL)
+def test_defocus_agrees_with_the_fft_path(
+    param, grey224: torch.Tensor, rgb224: torch.Tensor, nhwc
+) -> None:
+    """The CPU path against the FFT path (CUDA's): at most one level apart. The FFT's float32
+    noise decides the truncation of the (many) exact-integer results, hence no tighter bound."""
+    for images in (grey224[:1], rgb224[:1]):
+        fft = blur._defocus_fft(images, blur._disk_kernel(*param))
+        _assert_close(nhwc(blur.defocus_blur(images, param)), nhwc(fft))
+
+
+@pytest.mark.parametrize("param", [(3, 0.1), (2, 0.01), (6, 0.1), (4, 0.5), (6, 0.3)])
+def test_defocus_ties_truncate_as_imagenet_c(param, grey224: torch.Tensor, nhwc, to_rgb) -> None:
+    """Exact-integer results (flat regions; any pixel of an unblurred disk whose sum divides
+    evenly) truncate to v or v - 1 as the reference's float32 kernel sum decides."""
+    flat = torch.full((1, 1, 24, 24), 201, dtype=torch.uint8)
+    images = torch.cat([flat, grey224[:1, :, :24, :24]])
+    ref = np.stack([ref_defocus(to_rgb(im), param)[..., :1] for im in nhwc(images)])
+    ours = nhwc(blur.defocus_blur(images, param))
+    assert np.array_equal(ours[0], ref[0])
+    if blur._disk_sums(*param).taps is None:  # unblurred disk: every result is exact
+        assert np.array_equal(ours, ref)
+
+
+def test_defocus_threads_and_chunks(rgb224: torch.Tensor) -> None:
+    """Results do not depend on the thread count or on the batch's chunking."""
+    images = torch.cat([rgb224, rgb224.flip(-1), rgb224.flip(-2)])
+    one = blur.defocus_blur(images, (6, 0.5))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert torch.equal(blur.defocus_blur(images, (6, 0.5)), one)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(torch.cat([blur.defocus_blur(im[None], (6, 0.5)) for im in images]), one)
+
+
 # ----------------------------------------------------------------------------- motion
 
 

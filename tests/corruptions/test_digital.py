@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from medrobust.corruptions.functional import digital
 from medrobust.corruptions.functional.digital import jpeg_compression, pixelate, pixelate_nearest
 
 PIXELATE = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8)  # MedMNIST-C and ImageNet-C
@@ -69,6 +70,62 @@ def test_box_windows_with_pillow_rounding(
             continue
         ours = to_numpy(pixelate(nchw(images), factor))
         np.testing.assert_array_equal(ours, pil_pipeline(images, pil_pixelate(factor)))
+
+
+FACTORS = (0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1)
+SIZES = ((28, 28), (64, 64), (128, 128), (224, 224), (224, 160), (37, 101), (120, 31))
+
+
+@pytest.mark.parametrize(("fn", "up"), [(pixelate, Image.BOX), (pixelate_nearest, Image.NEAREST)])
+@pytest.mark.parametrize("size", SIZES)
+def test_pixelate_sizes_and_factors_match_pil(fn, up, size, nchw, to_numpy, pil_pipeline) -> None:
+    """Every factor at the benchmark sizes and non-square ones (120 x 31: vertical first)."""
+    images = np.random.default_rng(size[0]).integers(0, 256, (2, *size, 3), dtype=np.uint8)
+    images[1] = np.linspace(0, 255, size[1], dtype=np.uint8)[:, None]  # smooth: equal sums
+    for factor in FACTORS:
+        if min(int(size[0] * factor), int(size[1] * factor)) < 1:
+            continue
+        expected = pil_pipeline(images, pil_pixelate(factor, up))
+        np.testing.assert_array_equal(to_numpy(fn(nchw(images), factor)), expected, str(factor))
+
+
+@pytest.mark.parametrize(
+    ("fn", "enlarge"), [(pixelate, "_box_resize"), (pixelate_nearest, "_nearest_resize")]
+)
+def test_pixelate_cpu_rows_equal_the_torch_path(
+    fn, enlarge, retina_images: np.ndarray, breast_images: np.ndarray, nchw, upsample
+) -> None:
+    """The CPU row operations against the torch passes that other devices run."""
+    for images in (nchw(retina_images), nchw(upsample(breast_images[:3], 64))):
+        for factor in FACTORS:
+            small = digital._reduced_size(images, factor)
+            torch_path = digital._pixelate_torch(images, small, getattr(digital, enlarge))
+            assert torch.equal(fn(images, factor), torch_path), factor
+
+
+def test_pixelate_integer_weights_match_pil(
+    monkeypatch: pytest.MonkeyPatch, image_sets: dict[str, np.ndarray], nchw, to_numpy, pil_pipeline
+) -> None:
+    """The int32 fixed-point weights, used where float32 weights would round differently."""
+    rows_pass = digital._rows_pass
+    monkeypatch.setattr(digital, "_rows_pass", lambda *a: rows_pass(*a)._replace(factors=None))
+    for name in ("rgb224", "wide", "tall"):
+        images = image_sets[name]
+        for factor in (0.7, 0.4, 0.15):
+            expected = pil_pipeline(images, pil_pixelate(factor))
+            np.testing.assert_array_equal(to_numpy(pixelate(nchw(images), factor)), expected)
+
+
+def test_pixelate_threads_do_not_change_results(retina_images: np.ndarray, nchw, upsample) -> None:
+    images = nchw(upsample(retina_images, 96))
+    expected = [pixelate(images, 0.3), pixelate_nearest(images, 0.6)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert torch.equal(pixelate(images, 0.3), expected[0])
+        assert torch.equal(pixelate_nearest(images, 0.6), expected[1])
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_jpeg_matches_pil_exactly(

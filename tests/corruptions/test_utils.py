@@ -137,6 +137,39 @@ def test_opencv_follows_torch_thread_count() -> None:
         torch.set_num_threads(before)
 
 
+def test_run_chunks_covers_every_slice_and_restores_torch_threads() -> None:
+    """Chunks run on torch's thread count, torch at one thread meanwhile; concurrent callers
+    (a prefetching thread beside the main one) leave the thread count as they found it."""
+    import threading
+    import time
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        seen, inside = [], []
+
+        def work(sl: slice) -> None:
+            inside.append(torch.get_num_threads())
+            seen.extend(range(sl.start, sl.stop))
+
+        U.run_chunks(work, [slice(i, i + 3) for i in range(0, 30, 3)])
+        assert sorted(seen) == list(range(30)) and set(inside) == {1}
+        assert torch.get_num_threads() == 2
+        def slow(sl: slice) -> None:
+            time.sleep(0.002)  # callers overlap
+
+        callers = [
+            threading.Thread(target=U.run_chunks, args=(slow, [slice(0, 1)] * 10)) for _ in range(4)
+        ]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 # ----------------------------------------------------------------------------- zoom
 
 

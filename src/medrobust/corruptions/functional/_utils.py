@@ -24,9 +24,11 @@ Border modes, named as in torch and OpenCV: ``reflect`` mirrors about the edge s
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral, Real
 
@@ -510,17 +512,44 @@ def _thread_pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medrobust-chunks")
 
 
+_torch_threads_lock = threading.Lock()
+_torch_threads_users = 0
+_torch_threads_saved = 1
+
+
+@contextlib.contextmanager
+def _torch_single_threaded() -> Iterator[None]:
+    """torch at one thread while any caller is inside; the first in saves the thread count and
+    the last out restores it, so concurrent callers cannot leave it at 1."""
+    global _torch_threads_users, _torch_threads_saved
+    with _torch_threads_lock:
+        if _torch_threads_users == 0:
+            _torch_threads_saved = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _torch_threads_users += 1
+    try:
+        yield
+    finally:
+        with _torch_threads_lock:
+            _torch_threads_users -= 1
+            if _torch_threads_users == 0:
+                torch.set_num_threads(_torch_threads_saved)
+
+
 def run_chunks(fn: Callable[[slice], object], slices: Sequence[slice]) -> None:
     """Call ``fn(sl)`` for every slice, spread over ``torch.get_num_threads()`` threads.
 
-    For CPU code made of NumPy and OpenCV calls, which release the GIL but run on one core
-    each: ``fn`` writes its own part of the output, so the result does not depend on the
-    thread count.
+    For CPU code made of NumPy, OpenCV and small torch calls, which release the GIL: ``fn``
+    writes its own part of the output, so the result does not depend on the thread count.
+    torch runs single-threaded meanwhile (process-wide: the thread count is global), so that
+    its calls in the workers do not each start a full team of threads; the caller waits, idle,
+    until all chunks are done.
     """
     workers = min(torch.get_num_threads(), len(slices))
     if workers <= 1:
         for sl in slices:
             fn(sl)
         return
-    for _ in _thread_pool(workers).map(fn, slices):
-        pass
+    with _torch_single_threaded():
+        for _ in _thread_pool(workers).map(fn, slices):
+            pass
