@@ -175,6 +175,20 @@ _FROST_NORMALS = sum(c * c for c in _FROST_CLOUD_CELLS) + _FROST_NEEDLE_LAYERS *
 )
 
 
+def _rotated_grid(cos: torch.Tensor, sin: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``F.affine_grid`` of the rotations ``[[-sin, cos, 0], [cos, sin, 0]]`` (one per entry),
+    size (len, H, W, 2), align_corners=False, by broadcasting: the generic batched matrix
+    product is several times slower on CPU."""
+    x = (torch.arange(w, device=cos.device, dtype=cos.dtype) * 2 + 1) / w - 1
+    y = (torch.arange(h, device=cos.device, dtype=cos.dtype) * 2 + 1) / h - 1
+    x, y = x[None, None, :], y[None, :, None]
+    cos, sin = cos[:, None, None], sin[:, None, None]
+    grid = torch.empty((cos.shape[0], h, w, 2), dtype=cos.dtype, device=cos.device)
+    torch.add(cos * y, -sin * x, out=grid[..., 0])
+    torch.add(cos * x, sin * y, out=grid[..., 1])
+    return grid
+
+
 def _frost_pattern(normals: torch.Tensor, angles: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Zero-mean, unit-sd frost pattern (N, 1, H, W) from standard normals and needle angles.
 
@@ -198,9 +212,7 @@ def _frost_pattern(normals: torch.Tensor, angles: torch.Tensor, h: int, w: int) 
     field = normals[:, offset:].reshape(n * _FROST_NEEDLE_LAYERS, 1, along, across)
     field = field[..., : max(2, min(across, side // 6))]  # at most one needle per 6 px
     cos, sin = torch.cos(angles) / math.sqrt(2), torch.sin(angles) / math.sqrt(2)
-    zero = torch.zeros_like(cos)
-    theta = torch.stack((torch.stack((-sin, cos, zero), -1), torch.stack((cos, sin, zero), -1)), -2)
-    grid = F.affine_grid(theta, [n * _FROST_NEEDLE_LAYERS, 1, h, w], align_corners=False)
+    grid = _rotated_grid(cos, sin, h, w)
     ridges = F.grid_sample(field, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     ridges = (1.0 - ridges.abs_() / _FROST_NEEDLE_WIDTH).clamp_min_(0.0).square_()
     needles = ridges.view(n, _FROST_NEEDLE_LAYERS, h, w).amax(1, keepdim=True)
