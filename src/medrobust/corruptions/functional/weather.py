@@ -344,11 +344,10 @@ def _canny_edges(img: torch.Tensor) -> torch.Tensor:
     mag = gx.abs() + gy.abs()
     row = w + 2  # the magnitude is zero-padded by one pixel, as OpenCV's buffer is
     padded = F.pad(mag, (1, 1, 1, 1)).view(-1)
-    flat = mag.view(-1)
-    cand = torch.nonzero(flat > _CANNY_LOW).squeeze(1)
+    cand = torch.nonzero(mag.view(-1) > _CANNY_LOW).squeeze(1)
     image, pixel = cand.div(h * w, rounding_mode="floor"), cand.remainder(h * w)
     centre = image * ((h + 2) * row) + (pixel.div(w, rounding_mode="floor") + 1) * row + pixel.remainder(w) + 1
-    m, cx, cy = flat[cand], gx.view(-1)[cand], gy.view(-1)[cand]
+    m, cx, cy = (t.reshape(-1).index_select(0, cand) for t in (mag, gx, gy))
     ax, ay = cx.abs(), cy.abs()
     tg22 = ax * _TAN_22_Q15
     # Neighbour offsets across the edge: along x, along y, or a diagonal chosen by the sign
@@ -357,12 +356,12 @@ def _canny_edges(img: torch.Tensor) -> torch.Tensor:
     step = torch.where(
         ay * 32768.0 < tg22, 1, torch.where((ay - 2.0 * ax) * 32768.0 > tg22, row, diagonal)
     )
-    before, after = padded[centre - step], padded[centre + step]
+    before, after = padded.index_select(0, centre - step), padded.index_select(0, centre + step)
     on_diagonal = (step != 1) & (step != row)
     keep = (m > before) & torch.where(on_diagonal, m > after, m >= after)
-    edges = torch.zeros(n * h * w, dtype=torch.bool, device=img.device).index_put_((cand,), keep)
+    edges = torch.zeros(n * h * w, dtype=torch.bool, device=img.device).index_copy_(0, cand, keep)
     strong = torch.zeros(n * h * w, dtype=torch.float32, device=img.device)
-    strong.index_put_((cand,), (keep & (m > _CANNY_HIGH)).to(torch.float32))
+    strong.index_copy_(0, cand, (keep & (m > _CANNY_HIGH)).to(torch.float32))
     near_strong = _filter3x3(strong.view(n, 1, h, w), ((1, 1, 1),) * 3, "zeros") > 0
     return edges.view(n, 1, h, w) & near_strong
 
