@@ -320,7 +320,7 @@ def render(payload: dict[str, Any]) -> tuple[str, str]:
         f"{meta['severity']}; ours on batches of {meta['batch']}, median of {meta['repeats']} runs; "
         f"reference per image (median), 2-thread reference on the first {meta['ref_2t_n']} images. "
         f"ms/image; speedup = reference / ours at the same thread count (torch and OpenCV "
-        f"limited to it; our whole-dataset runs also have one background thread writing files). "
+        f"limited to it; our whole-dataset runs also have two background file threads, a batch writer and a file finisher). "
         f"Both sides run with the same glibc allocator settings (medrobust.runtime.keep_freed_memory)."
         + (" QUICK smoke run (few images): numbers are indicative only." if meta["quick"] else "")
     )
