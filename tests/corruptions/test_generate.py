@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from medrobust.corruptions import get_suite
+from medrobust.corruptions import corrupt, get_suite
 from medrobust.corruptions.generate import generate_benchmark
 from medrobust.data import load_medmnist
 
@@ -41,6 +41,23 @@ def test_medimeta_c_layout_is_complete_and_pixel_aligned(breast, tmp_path):
     assert info["config"]["suite"]["corruptions"]["pixelate"]["params"][0] == 0.3
     assert len(info["files"]) == 5 and all(len(v["sha256"]) == 64 for v in info["files"].values())
     assert {"torch", "numpy", "medrobust"} <= set(info["versions"])
+
+
+def test_rgb_dataset_every_medimeta_c_corruption(shared_data, tmp_path):
+    """RGB batches reach the corruptions as channels-last views; every MediMeta-C corruption
+    writes a complete file whose images equal the same corruption applied in memory."""
+    retina = load_medmnist("retinamnist", split="test", root=shared_data, download=False).subset(range(6))
+    suite = get_suite("medimeta-c")
+    generate_benchmark(retina, suite, tmp_path, severities=(3,), batch_size=4, progress=False)
+    folder = tmp_path / "retinamnist" / "test"
+    with np.load(folder / "clean.npz") as f:
+        clean = f["images"]
+    assert clean.shape == (6, 224, 224, 3)
+    for name in suite.corruptions:
+        with np.load(folder / f"{name}_severity_3.npz") as f:
+            written = f["images"]
+        assert written.shape == clean.shape and written.dtype == np.uint8, name
+        assert np.array_equal(written, corrupt(clean, name, 3, seed=0, suite=suite)), name
 
 
 def test_medmnist_c_layout_is_severity_major(breast, tmp_path):

@@ -122,6 +122,20 @@ def test_every_entry_keeps_shape_and_dtype(suite_id, name, breast_images, retina
             assert out.shape == images.shape and out.dtype == torch.uint8
 
 
+@pytest.mark.parametrize(("suite_id", "name"), _all_entries())
+def test_every_entry_takes_strided_input(suite_id, name, breast_images, retina_images):
+    """Channels-last RGB views (what a batch of H x W x 3 arrays permuted to N, C, H, W is, as
+    ``generate_benchmark`` passes them) and cropped grey views give the contiguous result."""
+    suite = get_suite("imagenet-c") if suite_id == "imagenet-c" else get_suite("medmnist-c", suite_id)
+    entry = suite[name]
+    rgb = torch.from_numpy(retina_images[:2]).permute(0, 3, 1, 2)
+    grey = torch.from_numpy(breast_images[:2])[:, None, 2:26, 3:27]
+    for view in (rgb, grey):
+        assert not view.is_contiguous()
+        expected = entry.apply(view.contiguous(), 3, seed=1, size_factor=28 / 224)
+        assert torch.equal(entry.apply(view, 3, seed=1, size_factor=28 / 224), expected)
+
+
 def test_functions_registry_is_complete():
     used = {e.function for d in medmnist_c_datasets() for e in get_suite("medmnist-c", d).entries.values()}
     used |= {e.function for e in get_suite("imagenet-c").entries.values()}

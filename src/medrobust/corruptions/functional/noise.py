@@ -230,7 +230,8 @@ def _noise(images: torch.Tensor, rng: ImageRandom, kind: str, param: float) -> t
     _, c, h, w = images.shape
     table = _table(kind, param, c == 1, images.device)
     bits = rng.bits31((c, h, w)).to(images.device)
-    return map_chunks(lambda x, r: _sample(x, table, r), images, bits)
+    # contiguous: the sampler indexes flat views (generate passes channels-last RGB batches)
+    return map_chunks(lambda x, r: _sample(x, table, r), images.contiguous(), bits)
 
 
 def gaussian_noise(images: torch.Tensor, sigma: float, *, rng: ImageRandom) -> torch.Tensor:
