@@ -4,8 +4,9 @@ Every function reproduces its reference's arithmetic, rounding and quantisation 
 
 * ``brightness`` and ``contrast`` are ``PIL.ImageEnhance`` (``Image.blend`` in float32, truncated);
 * ``gamma`` is torchvision's ``adjust_gamma`` on a PIL image (a 256-entry table);
-* ``saturate``, ``brightness_hsv`` and ``saturate_hsv`` share one batched float64 port of
-  ``skimage.color.rgb2hsv``/``hsv2rgb``, quantised as ``(x * 255).astype(uint8)``;
+* ``saturate``, ``brightness_hsv`` and ``saturate_hsv`` share one float64 port of
+  ``skimage.color.rgb2hsv``/``hsv2rgb``, quantised as ``(x * 255).astype(uint8)``, with what
+  depends only on a pixel's max and min levels tabulated (``_hsv_round_trip``);
 * ``contrast_mean`` is ImageNet-C ``contrast`` (per-channel mean, float64, truncated).
 
 Pointwise maps of a uint8 image are built as lookup tables with the reference's own float
