@@ -5,9 +5,10 @@ free. A batch of 256 RGB images at 224 px is 38 MiB as uint8 (150 MiB as float32
 each batch would fault its pages in again: about 0.35 ms per MiB, which is more than a
 cheap corruption such as a brightness change costs. ``keep_freed_memory`` makes the
 allocator serve large blocks from its heap and keep freed memory for the next batch. Memory
-stays bounded by the batch, though the peak can be higher (a pneumoniamnist MedMNIST-C run,
-with this and the writer queue of generate_benchmark, peaked at 1.4 GiB instead of 0.8), and
-the process keeps its high-water mark until it exits.
+stays bounded by the batch, though freed blocks are kept rather than returned, so the
+process keeps its high-water mark until it exits (generate_benchmark on pneumoniamnist peaked
+at 697 MiB of anonymous memory for the whole MedMNIST-C set, and at 671 / 717 MiB for 624 /
+2496 images of three corruptions: benchmarks/results/speed.md).
 
 The ``medrobust`` command line calls it at start. Scripts that call the corruption
 functions in a loop can call it once themselves; it is never applied on import.

@@ -14,20 +14,15 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from functools import cache
 
 import torch
+
+from medrobust.corruptions._threads import run_chunks
 
 __all__ = ["ImageRandom", "derive_seed"]
 
 _SEED_MASK = (1 << 63) - 1
 _PARALLEL_MIN_ELEMENTS = 1 << 16  # per-row draws smaller than this stay on one thread
-
-
-@cache
-def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medrobust-rng")
 
 
 def derive_seed(seed: int, corruption: str, severity: int, index: int) -> int:
@@ -76,11 +71,11 @@ class ImageRandom:
             return out
         chunk = math.ceil(len(self) / workers)
 
-        def fill_range(start: int) -> None:
-            for i in range(start, min(start + chunk, len(self))):
+        def fill_rows(rows: slice) -> None:
+            for i in range(rows.start, rows.stop):
                 fill(i)
 
-        list(_pool(workers).map(fill_range, range(0, len(self), chunk)))
+        run_chunks(fill_rows, [slice(i, min(i + chunk, len(self))) for i in range(0, len(self), chunk)])
         return out
 
     def _fill(self, shape: Sequence[int], draw: str, **kwargs: float) -> torch.Tensor:

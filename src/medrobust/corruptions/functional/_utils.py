@@ -24,12 +24,8 @@ Border modes, named as in torch and OpenCV: ``reflect`` mirrors about the edge s
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from numbers import Integral, Real
 
 import cv2
@@ -38,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from medrobust.corruptions._random import ImageRandom
+from medrobust.corruptions._threads import run_chunks
 
 __all__ = [
     "CPU_CHUNK_ELEMENTS",
@@ -505,51 +502,3 @@ def clipped_zoom(x: torch.Tensor, zoom: float, trim: bool = True) -> torch.Tenso
         return zoomed
     trim_h, trim_w = (out_h - h) // 2, (out_w - w) // 2
     return zoomed[..., trim_h : trim_h + h, trim_w : trim_w + w]
-
-
-@functools.cache
-def _thread_pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medrobust-chunks")
-
-
-_torch_threads_lock = threading.Lock()
-_torch_threads_users = 0
-_torch_threads_saved = 1
-
-
-@contextlib.contextmanager
-def _torch_single_threaded() -> Iterator[None]:
-    """torch at one thread while any caller is inside; the first in saves the thread count and
-    the last out restores it, so concurrent callers cannot leave it at 1."""
-    global _torch_threads_users, _torch_threads_saved
-    with _torch_threads_lock:
-        if _torch_threads_users == 0:
-            _torch_threads_saved = torch.get_num_threads()
-            torch.set_num_threads(1)
-        _torch_threads_users += 1
-    try:
-        yield
-    finally:
-        with _torch_threads_lock:
-            _torch_threads_users -= 1
-            if _torch_threads_users == 0:
-                torch.set_num_threads(_torch_threads_saved)
-
-
-def run_chunks(fn: Callable[[slice], object], slices: Sequence[slice]) -> None:
-    """Call ``fn(sl)`` for every slice, spread over ``torch.get_num_threads()`` threads.
-
-    For CPU code made of NumPy, OpenCV and small torch calls, which release the GIL: ``fn``
-    writes its own part of the output, so the result does not depend on the thread count.
-    torch runs single-threaded meanwhile (process-wide: the thread count is global), so that
-    its calls in the workers do not each start a full team of threads; the caller waits, idle,
-    until all chunks are done.
-    """
-    workers = min(torch.get_num_threads(), len(slices))
-    if workers <= 1:
-        for sl in slices:
-            fn(sl)
-        return
-    with _torch_single_threaded():
-        for _ in _thread_pool(workers).map(fn, slices):
-            pass
