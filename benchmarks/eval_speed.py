@@ -27,8 +27,8 @@ import torch
 
 from medrobust.corruptions import get_suite, prepare_images
 from medrobust.data import open_dataset
-from medrobust.evaluation import GridSpec, ZeroShotClassifier, run_grid
-from medrobust.models import create_model
+from medrobust.evaluation import GridSpec, run_grid
+from medrobust.models import ZeroShotClassifier, create_model
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

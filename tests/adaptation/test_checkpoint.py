@@ -26,8 +26,8 @@ from medrobust.adaptation.checkpoint import (
     save_train_state,
 )
 from medrobust.adaptation.lora import has_lora, lora_state_dict, vision_fingerprint
-from medrobust.evaluation.zeroshot import ZeroShotClassifier
 from medrobust.models import WeightsMismatchError, create_model
+from medrobust.models.zeroshot import ZeroShotClassifier
 
 TINY = {"pretrained": False, "tiny": True}
 

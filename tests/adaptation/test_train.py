@@ -26,7 +26,7 @@ from medrobust.adaptation.train import cosine_warmup
 from medrobust.corruptions import RandomCorruption, get_suite
 from medrobust.data import ImageDataset, load_medmnist
 from medrobust.data.fewshot import sample_fewshot
-from medrobust.evaluation.zeroshot import ZeroShotClassifier
+from medrobust.models.zeroshot import ZeroShotClassifier
 
 RUN = {  # a short run on real breast ultrasound images with a tiny random-weight CLIP ViT
     "fewshot": 0.1, "rank": 4, "epochs": 3, "lr": 1e-2, "batch_size": 16, "warmup": 1,

@@ -10,9 +10,9 @@ import pytest
 from medrobust.corruptions import get_suite
 from medrobust.corruptions.generate import generate_benchmark
 from medrobust.data import IncompleteBenchmarkError, load_medmnist
-from medrobust.evaluation import GridSpec, ResultsStore, ZeroShotClassifier, run_grid
+from medrobust.evaluation import GridSpec, ResultsStore, run_grid
 from medrobust.evaluation.metrics import accuracy
-from medrobust.models import create_model
+from medrobust.models import ZeroShotClassifier, create_model
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from open_clip.loss import ClipLoss
 from medrobust.corruptions import prepare_images
 from medrobust.data import load_medmnist
 from medrobust.evaluation.metrics import balanced_accuracy
-from medrobust.evaluation.zeroshot import ZeroShotClassifier
 from medrobust.models import WeightsUnavailableError, create_model, model_spec
 from medrobust.models.pretrain import (
     CAPTION_TEMPLATES,
@@ -28,6 +27,7 @@ from medrobust.models.pretrain import (
 )
 from medrobust.models.prompts import build_prompts
 from medrobust.models.weights import PACKAGE_DIR, WeightsSource, fetch_weights
+from medrobust.models.zeroshot import ZeroShotClassifier
 
 SHIPPED = PACKAGE_DIR / "pretrained" / "medrobust-mini.safetensors"
 CARD = PACKAGE_DIR / "pretrained" / "MEDROBUST_MINI.md"

@@ -46,8 +46,8 @@ from medrobust.corruptions.suites import REFERENCE_SIZE
 from medrobust.data import ImageDataset, open_dataset
 from medrobust.data.fewshot import check_not_test, sample_fewshot, split_fewshot
 from medrobust.evaluation.metrics import cell_metrics
-from medrobust.evaluation.zeroshot import ZeroShotClassifier
 from medrobust.models import ModelAdapter
+from medrobust.models.zeroshot import ZeroShotClassifier
 
 from .checkpoint import (
     ADAPTER_CONFIG,

@@ -32,9 +32,9 @@ from ..data.layouts import (
     require_medimeta_c,
 )
 from ..models import ModelAdapter, create_model
+from ..models.zeroshot import ZeroShotClassifier
 from .metrics import cell_metrics
 from .store import CellKey, ResultsStore
-from .zeroshot import ZeroShotClassifier
 
 __all__ = ["CLEAN", "Cell", "GridSpec", "RunSummary", "run_grid"]
 

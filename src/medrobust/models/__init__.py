@@ -4,6 +4,7 @@
 ``encode_text``, ``tokenize``, ``preprocess`` (batched uint8 -> normalised tensors), logit
 scale/bias, default prompt templates, licence and weights identity. ``list_models()`` gives the
 registry names; ``open_clip:ARCH/TAG``, ``hf-hub:REPO``, ``hf:REPO`` and local folders also work.
+:class:`ZeroShotClassifier` turns a model's image and text embeddings into class logits.
 """
 
 from .base import (
@@ -23,6 +24,7 @@ from .weights import (
     WeightsUnavailableError,
     default_cache_dir,
 )
+from .zeroshot import ZeroShotClassifier, clear_text_cache, text_prototypes
 
 __all__ = [
     "MODEL_CACHE_ENV",
@@ -36,11 +38,14 @@ __all__ = [
     "TextTokenizer",
     "WeightsMismatchError",
     "WeightsUnavailableError",
+    "ZeroShotClassifier",
     "build_prompts",
+    "clear_text_cache",
     "create_model",
     "default_cache_dir",
     "list_models",
     "model_spec",
     "resolve_templates",
     "save_model",
+    "text_prototypes",
 ]

@@ -246,7 +246,7 @@ class ModelAdapter(nn.Module, ABC):
     ``encode_image`` takes preprocessed pixels (the output of ``preprocess``) and
     ``encode_text`` the output of ``tokenize``; both return unnormalised embeddings.
     Scoring (normalisation, scale, softmax/sigmoid) lives in
-    :mod:`medrobust.evaluation.zeroshot`. ``spec`` is the resolved config the adapter was
+    :mod:`medrobust.models.zeroshot`. ``spec`` is the resolved config the adapter was
     built from (used to save and rebuild it).
     """
 

@@ -38,11 +38,11 @@ from torch import Tensor
 from ..corruptions import prepare_images
 from ..data import ImageDataset, load_medmnist
 from ..evaluation.metrics import accuracy, balanced_accuracy
-from ..evaluation.zeroshot import ZeroShotClassifier, clear_text_cache
 from .base import ModelAdapter
 from .prompts import build_prompts
 from .registry import create_model, save_model
 from .weights import sha256_files
+from .zeroshot import ZeroShotClassifier, clear_text_cache
 
 __all__ = [
     "CAPTION_TEMPLATES",

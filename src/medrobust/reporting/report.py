@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..evaluation.metrics import CLEAN, ERROR_TYPES, MIN_DENOMINATOR
+from ..evaluation.robustness import CLEAN, ERROR_TYPES, MIN_DENOMINATOR
 from ..evaluation.store import ResultsStore
 from .plots import plot_accuracy_vs_severity, plot_corruption_heatmap, write_bytes_atomic
 from .tables import (

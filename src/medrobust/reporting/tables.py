@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..evaluation.metrics import (
+from ..evaluation.robustness import (
     CLEAN,
     ERROR_TYPES,
     ErrorGrid,

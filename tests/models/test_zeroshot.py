@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from medrobust.evaluation.zeroshot import ZeroShotClassifier, clear_text_cache, text_prototypes
 from medrobust.models import ModelAdapter, create_model, save_model
+from medrobust.models.zeroshot import ZeroShotClassifier, clear_text_cache, text_prototypes
 
 CLASSES = ["normal", "pneumonia", "tumor"]
 
