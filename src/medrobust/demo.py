@@ -24,8 +24,10 @@ from .data import open_dataset
 from .evaluation import GridSpec, ResultsStore, run_grid
 from .models import ModelAdapter, create_model
 from .reporting import write_report
+from .reporting.analysis import analyse
 from .reporting.montage import corruption_montage, save_png_atomic
-from .reporting.tables import analyse, build_tables, collect_results
+from .reporting.results import collect_results
+from .reporting.tables import build_tables
 
 __all__ = ["DEMO_DATASETS", "DemoSettings", "run_demo"]
 

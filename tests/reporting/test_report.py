@@ -21,7 +21,8 @@ from medrobust.reporting import (
     plot_corruption_heatmap,
     write_report,
 )
-from medrobust.reporting.tables import Cell, Table, is_medclip
+from medrobust.reporting.render import Table
+from medrobust.reporting.tables import is_medclip
 
 MODELS = ("clip-vit-b16", "medclip-resnet50")
 DATASETS = (("breastmnist", 2), ("pneumoniamnist", 2))
@@ -318,18 +319,6 @@ def test_bad_arguments(run: Path, tmp_path: Path):
     (tmp_path / "fake.png").write_text("not a png")
     with pytest.raises(ValueError, match="not a PNG"):
         write_report(run, out_dir=tmp_path, montage_images={"x": tmp_path / "fake.png"})
-
-
-def test_table_rendering_escapes_text():
-    table = Table("t", "T", "d", ("Model", "Value"),
-                  ((Cell("<b>a|b</b>"), Cell(None, "why & how")), (Cell("c"), Cell(0.25))),
-                  ("", ".1%"))
-    md = table.to_markdown()
-    assert "a\\|b" in md and "| n/a [1] |" in md and "| 25.0% |" in md and "[1] why & how" in md
-    page = table.to_html()
-    assert "&lt;b&gt;a|b&lt;/b&gt;" in page and "<b>" not in page and "why &amp; how" in page
-    with pytest.raises(KeyError, match="no row"):
-        table.value("zzz", "Value")
 
 
 def test_heatmap_with_missing_values(tmp_path: Path):

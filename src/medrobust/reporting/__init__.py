@@ -1,28 +1,27 @@
-"""Reports of evaluation runs: tables, figures, sample montages and the Markdown/HTML report."""
+"""Reports of evaluation runs: results, analysis, tables, figures, montages and the report.
+
+``results`` assembles a run's store rows, ``analysis`` summarises each model on each benchmark,
+``tables`` builds the report tables, ``render`` holds the table type and its Markdown/HTML,
+``plots`` draws the figures and ``report`` writes ``report.md`` and ``report.html``.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from .analysis import Analysis, DatasetSummary, analyse
 from .plots import plot_accuracy_vs_severity, plot_corruption_heatmap, write_bytes_atomic
+from .render import Cell, Table
 from .report import write_report
-from .tables import (
-    Analysis,
-    Benchmark,
-    Cell,
-    RunResults,
-    Table,
-    accuracy_curves,
-    analyse,
-    build_tables,
-    collect_results,
-    corruption_matrix,
-)
+from .results import Benchmark, CellResult, RunResults, collect_results
+from .tables import accuracy_curves, build_tables, corruption_matrix
 
 __all__ = [
     "Analysis",
     "Benchmark",
     "Cell",
+    "CellResult",
+    "DatasetSummary",
     "RunResults",
     "Table",
     "accuracy_curves",

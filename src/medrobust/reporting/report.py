@@ -24,18 +24,15 @@ from typing import Any
 from .. import __version__
 from ..evaluation.robustness import CLEAN, ERROR_TYPES, MIN_DENOMINATOR
 from ..evaluation.store import ResultsStore
+from .analysis import Analysis, analyse
 from .plots import plot_accuracy_vs_severity, plot_corruption_heatmap, write_bytes_atomic
+from .render import Cell, Table
+from .results import RunResults, collect_results
 from .tables import (
     ERROR_DEFINITIONS,
     MEDCLIP_CAVEAT,
-    Analysis,
-    Cell,
-    RunResults,
-    Table,
     accuracy_curves,
-    analyse,
     build_tables,
-    collect_results,
     corruption_matrix,
     is_medclip,
 )
