@@ -1,6 +1,6 @@
 """The layers of the package: no module imports a higher layer (function-level imports too).
 
-Low to high: the base (the package root, ``_files``, ``runtime``) < data < corruptions <
+Low to high: the base (the package root, ``_files``, ``runtime``, ``severity``, ``seeding``) < data < corruptions <
 models < evaluation < adaptation < reporting < the entry points (demo, cli). A module may
 import its own layer and any lower one; an import of a higher layer is an upward arrow.
 """
@@ -14,7 +14,7 @@ import medrobust
 
 PACKAGE = Path(medrobust.__file__).resolve().parent
 LAYERS = (
-    ("__init__", "_files", "runtime"),
+    ("__init__", "_files", "runtime", "severity", "seeding"),
     ("data",),
     ("corruptions",),
     ("models",),

@@ -9,23 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medrobust.runtime import keep_freed_memory
+from medrobust.severity import SEVERITIES, parse_severities
 
 __all__ = ["main"]
-
-
-def parse_severities(text: str) -> tuple[int, ...]:
-    """``"1-5"``, ``"3"`` or ``"1,3,5"`` -> severities, each in 1..5."""
-    values: list[int] = []
-    try:
-        for part in text.split(","):
-            lo, sep, hi = part.strip().partition("-")
-            values.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"severities must look like 1-5, 3 or 1,3,5; got {text!r}") from None
-    bad = [v for v in values if not 1 <= v <= 5]
-    if not values or bad:
-        raise argparse.ArgumentTypeError(f"severities must be in 1..5, got {text!r}")
-    return tuple(sorted(set(values)))
 
 
 def _names(text: str) -> list[str]:
@@ -40,7 +26,7 @@ def _add_dataset_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", default="medmnist-c",
                    help="medmnist-c (of the dataset), imagenet-c, medimeta-c, or a .toml/.yaml file")
     p.add_argument("--corruptions", type=_names, help="comma-separated subset of the suite")
-    p.add_argument("--severities", type=parse_severities, default=(1, 2, 3, 4, 5))
+    p.add_argument("--severities", type=parse_severities, default=SEVERITIES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--native-size", action="store_true",
                    help="keep the native image size (size-dependent parameters are scaled) "
@@ -299,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root")
     p.add_argument("--suite", default="medmnist-c")
     p.add_argument("--corruptions", type=_names)
-    p.add_argument("--severities", type=parse_severities, default=(1, 2, 3, 4, 5))
+    p.add_argument("--severities", type=parse_severities, default=SEVERITIES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--templates", type=_names, help="template sets or literal templates")
     p.add_argument("--benchmark-dir", help="read a generated benchmark instead of corrupting on the fly")

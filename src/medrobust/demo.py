@@ -28,6 +28,7 @@ from .reporting.analysis import analyse
 from .reporting.montage import corruption_montage, save_png_atomic
 from .reporting.results import collect_results
 from .reporting.tables import build_tables
+from .severity import SEVERITIES
 
 __all__ = ["DEMO_DATASETS", "DemoSettings", "run_demo"]
 
@@ -40,7 +41,7 @@ class DemoSettings:
     """The demo's grid (whole test sets); ``quick()`` is the reduced one CI runs end to end."""
 
     fractions: tuple[float, ...] = (0.01, 0.10)
-    severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+    severities: tuple[int, ...] = SEVERITIES
     test_limit: int | None = None
     epochs: int = 10
     patience: int | None = 4

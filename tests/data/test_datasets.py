@@ -134,7 +134,7 @@ def test_tensor_round_trip_grey_and_rgb() -> None:
         t = images_to_tensor(arr)
         assert t.shape == (3, 1 if len(shape) == 3 else 3, 7, 5)
         np.testing.assert_array_equal(tensor_to_images(t), arr)
-    with pytest.raises(ValueError, match="1 or 3 channels"):
+    with pytest.raises(ValueError, match="with C = 1 or 3"):
         tensor_to_images(torch.zeros(1, 2, 4, 4, dtype=torch.uint8))
     with pytest.raises(TypeError, match="uint8"):
         tensor_to_images(torch.zeros(1, 3, 4, 4))

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from medrobust.data import (
+    LAYOUTS,
     MEDIMETA_C_DATASETS,
     DataNotFoundError,
     ImageDataset,
     IncompleteBenchmarkError,
     benchmark_dataset_info,
+    get_layout,
     is_complete,
     list_medimeta_c,
     list_medmnist_c,
@@ -50,9 +53,9 @@ def test_medimeta_c_paths(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="needs a severity"):
         medimeta_c_path(tmp_path, "oct", "test", "pixelate")
-    with pytest.raises(ValueError, match="clean file has no severity"):
+    with pytest.raises(ValueError, match="clean condition has no severity"):
         medimeta_c_path(tmp_path, "oct", "test", None, 2)
-    with pytest.raises(ValueError, match="severity must be a positive int"):
+    with pytest.raises(ValueError, match=r"severity must be an integer in 1\.\.5"):
         medimeta_c_path(tmp_path, "oct", "test", "pixelate", 0)
     with pytest.raises(ValueError, match="plain name"):
         medimeta_c_path(tmp_path, "../oct", "test")
@@ -158,7 +161,7 @@ def test_medmnist_c_severity_major_round_trip(tmp_path: Path, breast: ImageDatas
         np.testing.assert_array_equal(ds.labels, breast.labels)
         assert ds.class_names == breast.class_names and ds.split == "test"
     assert list_medmnist_c(tmp_path, "breastmnist") == ["brightness_up"]
-    with pytest.raises(ValueError, match=r"severity must be in 1\.\.5"):
+    with pytest.raises(ValueError, match=r"severity must be an integer in 1\.\.5"):
         read_medmnist_c(tmp_path, "breastmnist", "brightness_up", 6)
 
 
@@ -178,3 +181,46 @@ def test_read_official_compressed_medmnist_c_file(tmp_path: Path) -> None:
         read_medmnist_c(tmp_path, "pathmnist", "bad", 1)
     with pytest.raises(DataNotFoundError, match=r"fog\.npz"):
         read_medmnist_c(tmp_path, "pathmnist", "fog", 1)
+
+
+def test_layout_registry_paths_and_plans(tmp_path: Path) -> None:
+    medimeta, official = get_layout("medimeta-c", tmp_path), get_layout("medmnist-c", tmp_path)
+    assert set(LAYOUTS) == {"medimeta-c", "medmnist-c"}
+    with pytest.raises(ValueError, match="unknown layout 'imagenet-c'; known: medimeta-c, medmnist-c"):
+        get_layout("imagenet-c", tmp_path)
+    # clean: None and ("clean", 0) name the same file in both layouts
+    assert medimeta.path_for("oct", "test") == medimeta.path_for("oct", "test", "clean", 0)
+    assert official.path_for("oct", "test", None) == tmp_path / "oct/clean.npz"
+    assert official.path_for("oct", "test", "fog", 4) == medmnist_c_path(tmp_path, "oct", "fog")
+    plan = medimeta.files("oct", "test", ["fog"], (1, 2))
+    assert [(f.corruption, f.severities, f.blocks) for f in plan] == [
+        ("clean", (), 1), ("fog", (1,), 1), ("fog", (2,), 1)]
+    plan = official.files("oct", "test", ["fog"], (1, 2))
+    assert [(f.path.name, f.severities, f.blocks) for f in plan] == [
+        ("clean.npz", (), 1), ("fog.npz", (1, 2), 2)]
+    with pytest.raises(IncompleteBenchmarkError, match=r"(?s)1 of 1 benchmark files missing.*oct/fog\.npz"):
+        official.require("oct", "test", ["fog"], (1, 2))  # the official layout needs no clean file
+
+
+def test_medmnist_c_reads_a_clean_file_and_a_partial_generated_file(
+    tmp_path: Path, breast: ImageDataset
+) -> None:
+    """A generated MedMNIST-C folder holds clean.npz (one block) and files with the severities
+    its manifest lists; both are read by block, not as five official severity blocks."""
+    layout = get_layout("medmnist-c", tmp_path)
+    n = len(breast)
+    files = layout.files("breastmnist", "test", ["fog"], (2, 5))
+    for file in files:
+        with layout.open_writer(file, labels=breast.labels, image_shape=breast.image_size) as w:
+            for s in file.severities or (0,):
+                w.write("test_images", _fake_corrupt(breast.images, s))
+    manifest = {"files": {str(f.path.relative_to(tmp_path)): {"severities": list(f.severities)}
+                          for f in files}}
+    layout.manifest_path("breastmnist", "test").write_text(json.dumps(manifest))
+    clean = layout.read("breastmnist", "test")
+    assert len(clean) == n
+    np.testing.assert_array_equal(clean.images, _fake_corrupt(breast.images, 0))
+    np.testing.assert_array_equal(layout.read("breastmnist", "test", "fog", 5).images,
+                                  _fake_corrupt(breast.images, 5))
+    with pytest.raises(ValueError, match=r"holds severities \[2, 5\], not 3"):
+        layout.read("breastmnist", "test", "fog", 3)

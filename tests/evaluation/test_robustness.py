@@ -216,7 +216,7 @@ def test_error_type_mismatch_and_bad_tables_raise() -> None:
         relative_mean_corruption_error(MODEL, {"a": BASE["a"]}, ["a"], severities=SEVERITIES)
     with pytest.raises(KeyError, match="known datasets"):
         balanced_error_ratio(MODEL, "cifar10", ["a"])
-    with pytest.raises(ValueError, match="positive integer"):
+    with pytest.raises(ValueError, match=r"severity must be an integer in 1\.\.5"):
         error_grid({"a": {0: 0.1}})
     with pytest.raises(ValueError, match="neither 'error' nor 'accuracy'"):
         error_grid([{"corruption": "a", "severity": 1, "auc": 0.7}])

@@ -110,3 +110,16 @@ def test_failure_in_a_cell_leaves_no_row(tiny_clip, breast, tmp_path, monkeypatc
         assert [r["corruption"] for r in store.rows()] == ["clean"]
     monkeypatch.setattr(runner, "score_cell", real)
     assert run_grid(_spec(tiny_clip, breast), tmp_path, progress=False).computed == 4
+
+
+def test_run_records_dataset_model_and_suite_info(tiny_clip, breast, tmp_path):
+    run_grid(_spec(tiny_clip, breast, corruptions=["pixelate"], severities=(1,)), tmp_path,
+             progress=False)
+    with ResultsStore(tmp_path) as store:
+        info = store.info()
+    assert info["dataset"]["breastmnist"]["modality"] == breast.modality
+    assert info["dataset"]["breastmnist"]["class_names"] == list(breast.class_names)
+    assert info["model"][tiny_clip.name] == {"notes": tiny_clip.info.notes}
+    whole = get_suite("medmnist-c/breastmnist")
+    (suite,) = info["suite"].values()  # the whole suite, not just the corruptions evaluated
+    assert suite["benchmark_corruptions"] == list(whole.benchmark_corruptions)

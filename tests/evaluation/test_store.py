@@ -108,3 +108,16 @@ def test_unreadable_database_is_a_clear_error_and_untouched(tmp_path):
     with pytest.raises(StoreError, match="not a medrobust results database"):
         ResultsStore(tmp_path)
     assert db.read_bytes() == b"this is not sqlite" * 100
+
+
+def test_info_round_trip_and_old_runs_have_none(tmp_path):
+    with ResultsStore(tmp_path) as store:
+        assert store.info() == {"dataset": {}, "model": {}, "suite": {}}
+        store.set_info("dataset", "breastmnist", {"modality": "breast ultrasound"})
+        store.set_info("model", "m", {"notes": "saw these classes"})
+        store.set_info("model", "m", {"notes": "replaced"})
+        with pytest.raises(ValueError, match="info kind"):
+            store.set_info("run", "x", {})
+    with ResultsStore(tmp_path) as store:
+        assert store.info() == {"dataset": {"breastmnist": {"modality": "breast ultrasound"}},
+                                "model": {"m": {"notes": "replaced"}}, "suite": {}}

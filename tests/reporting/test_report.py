@@ -185,7 +185,10 @@ def test_other_tables(run: Path):
 
 def test_medclip_caveat_and_notes(report):
     page = report["html"].read_text()
+    # the synthetic store records no model notes: the caveat is guessed from the name, and said so
     assert "users report its released weights behaving as if random" in page
+    assert "guessed from the model name" in page
+    assert "Modality of breastmnist, pneumoniamnist guessed from the dataset name" in page
     assert "1 − top-1 accuracy" in page and "Coverage: the grid is complete" in page
     assert is_medclip("medclip-resnet50") and is_medclip("MedCLIP-Swin")
     assert not is_medclip("biomedclip") and not is_medclip("robustmedclip-r8")
@@ -428,3 +431,22 @@ def test_html_elements_are_balanced(tmp_path):
     parser = Depth()
     parser.feed(html)
     assert parser.stack == []
+
+
+def test_recorded_run_info_reaches_the_report(tmp_path: Path):
+    """Modality, model notes and the suite's corruption list come from the run, not names."""
+    run_dir = _build_store(tmp_path / "run")
+    with ResultsStore(run_dir) as store:
+        store.set_info("dataset", "breastmnist", {"modality": "recorded ultrasound"})
+        store.set_info("dataset", "pneumoniamnist", {"modality": "recorded x-ray"})
+        store.set_info("model", "clip-vit-b16", {"notes": "saw these classes in pretraining"})
+        store.set_info("model", "medclip-resnet50", {"notes": ""})
+        store.set_info("suite", f"{SUITE}/breastmnist",
+                       {"benchmark_corruptions": [*CORRUPTIONS, "fog"]})
+    paths = write_report(run_dir, tmp_path / "out")
+    page = paths["markdown"].read_text()
+    assert "clip-vit-b16: saw these classes in pretraining." in page
+    assert "guessed from the model name" not in page  # recorded: the notes come from the run
+    assert "recorded ultrasound" in page and "recorded x-ray" in page
+    assert "guessed from the dataset name" not in page
+    assert "fog" in page  # breastmnist's recorded list expects fog, which the run lacks

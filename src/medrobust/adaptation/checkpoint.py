@@ -17,15 +17,12 @@ outputs exactly and works with the evaluation runner like any model.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import hashlib
 import json
-import os
 import re
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from medrobust import __version__
+from medrobust._files import atomic_path
 from medrobust.models import ModelAdapter, WeightsMismatchError, create_model, save_model
 from medrobust.models.weights import RANDOM_INIT
 
@@ -67,20 +65,6 @@ ADAPTER_CONFIG = "medrobust_adapter.json"
 STATE_FILE = Path("checkpoints") / "train_state.pt"
 ADAPTER_FORMAT = "medrobust-lora"
 FORMAT_VERSION = 1
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path next to ``path``, moved onto it (atomically) when the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:

@@ -11,24 +11,17 @@ threads, each filling whole rows with their own generators (so the bytes do not 
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Sequence
 
 import torch
 
 from medrobust.corruptions._threads import run_chunks
+from medrobust.seeding import derive_seed
 
 __all__ = ["ImageRandom", "derive_seed"]
 
-_SEED_MASK = (1 << 63) - 1
 _PARALLEL_MIN_ELEMENTS = 1 << 16  # per-row draws smaller than this stay on one thread
-
-
-def derive_seed(seed: int, corruption: str, severity: int, index: int) -> int:
-    """A 63-bit seed for one image, stable across processes, platforms and Python versions."""
-    key = f"{int(seed)}/{corruption}/{int(severity)}/{int(index)}".encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & _SEED_MASK
 
 
 class ImageRandom:

@@ -12,9 +12,10 @@ from torch import nn
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from ..severity import SEVERITIES, check_severity, clean_condition, is_clean
 from ._random import ImageRandom
 from .functional._utils import check_images
-from .suites import NUM_SEVERITIES, Suite, check_severity, get_suite
+from .suites import Suite, get_suite
 
 __all__ = [
     "CorruptedDataset",
@@ -114,13 +115,11 @@ class CorruptedDataset(torch.utils.data.Dataset):
         seed: int = 0,
         resize: bool = True,
     ) -> None:
-        if corruption is not None:
+        if not is_clean(corruption):
             suite[corruption]
-            check_severity(severity)
         self.dataset = dataset
         self.suite = suite
-        self.corruption = corruption
-        self.severity = severity
+        self.corruption, self.severity = clean_condition(corruption, severity)
         self.seed = seed
         self.size = suite.reference_size if resize else None
 
@@ -129,7 +128,7 @@ class CorruptedDataset(torch.utils.data.Dataset):
 
     def _corrupt(self, images: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
         images = prepare_images(images, self.size)
-        if self.corruption is None:
+        if is_clean(self.corruption):
             return images
         factor = 1.0 if self.size else images.shape[-1] / self.suite.reference_size
         return self.suite[self.corruption].apply(
@@ -161,7 +160,7 @@ class RandomCorruption(nn.Module):
         self,
         suite: Suite,
         *,
-        severities: Sequence[int] = tuple(range(1, NUM_SEVERITIES + 1)),
+        severities: Sequence[int] = SEVERITIES,
         exclude: Sequence[str] = (),
         p: float = 0.5,
         seed: int = 0,

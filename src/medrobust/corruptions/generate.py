@@ -21,7 +21,6 @@ import queue
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,48 +29,23 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from .._files import file_sha256
+from .._files import file_sha256, write_text_atomic
 from ..data import ImageDataset, NpzWriter
-from ..data.layouts import medimeta_c_path, medmnist_c_path
+from ..data.layouts import LAYOUTS, BenchmarkFile, get_layout
+from ..severity import SEVERITIES, check_severity, is_clean
 from .api import prepare_images
-from .suites import NUM_SEVERITIES, Suite, check_severity
+from .suites import Suite
 
 __all__ = ["LAYOUTS", "BenchmarkFile", "generate_benchmark", "plan_benchmark"]
 
-LAYOUTS = ("medimeta-c", "medmnist-c")
-MANIFEST = "manifest.json"
 _WRITE_QUEUE = 6  # calls (mostly batch writes) queued ahead of the writer thread: bounds memory
-
-
-@dataclass(frozen=True)
-class BenchmarkFile:
-    """One output file: the clean images (corruption None) or a corruption's severities."""
-
-    path: Path
-    corruption: str | None
-    severities: tuple[int, ...]
 
 
 def plan_benchmark(
     root: Path, dataset: str, split: str, suite: Suite, layout: str, severities: Sequence[int]
 ) -> list[BenchmarkFile]:
     """The files a benchmark consists of, in the order they are written."""
-    if layout == "medimeta-c":
-        files = [BenchmarkFile(medimeta_c_path(root, dataset, split), None, ())]
-        files += [
-            BenchmarkFile(medimeta_c_path(root, dataset, split, name, s), name, (s,))
-            for name in suite.corruptions
-            for s in severities
-        ]
-        return files
-    if layout == "medmnist-c":
-        files = [BenchmarkFile(medmnist_c_path(root, dataset, "clean"), None, ())]
-        files += [
-            BenchmarkFile(medmnist_c_path(root, dataset, name), name, tuple(severities))
-            for name in suite.corruptions
-        ]
-        return files
-    raise ValueError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
+    return get_layout(layout, root).files(dataset, split, suite.corruptions, severities)
 
 
 def _dataset_hash(dataset: ImageDataset, batch_size: int) -> str:
@@ -94,13 +68,13 @@ def _versions() -> dict[str, str]:
 
 
 def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    write_text_atomic(json.dumps(payload, indent=2, sort_keys=True), path)
 
 
-def _keys(layout: str) -> tuple[str, str]:
-    return ("images", "labels") if layout == "medimeta-c" else ("test_images", "test_labels")
+def _manifest_entry(file: BenchmarkFile, n: int) -> dict[str, Any]:
+    """A file's manifest record; the clean file's corruption is stored as null (as before)."""
+    return {"corruption": None if is_clean(file.corruption) else file.corruption,
+            "severities": list(file.severities), "images": file.blocks * n}
 
 
 def generate_benchmark(
@@ -109,7 +83,7 @@ def generate_benchmark(
     out_dir: str | Path,
     *,
     layout: str = "medimeta-c",
-    severities: Sequence[int] = tuple(range(1, NUM_SEVERITIES + 1)),
+    severities: Sequence[int] = SEVERITIES,
     seed: int = 0,
     device: str | torch.device = "cpu",
     batch_size: int = 256,
@@ -125,8 +99,7 @@ def generate_benchmark(
     placement of other images.
     """
     severities = tuple(check_severity(s) for s in severities)
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
+    layout_ = get_layout(layout, out_dir)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if len(dataset) == 0:
@@ -153,7 +126,7 @@ def generate_benchmark(
         "resize": size,
         "compress": compress,
     }
-    manifest_path = root / dataset.name / (f"{dataset.split}-{MANIFEST}" if layout == "medimeta-c" else MANIFEST)
+    manifest_path = layout_.manifest_path(dataset.name, dataset.split)
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
     if previous is not None and previous.get("config") != config:
@@ -161,7 +134,7 @@ def generate_benchmark(
             f"{root} already holds a benchmark of {dataset.name} made with other settings "
             f"(see {manifest_path}); choose another --out or delete that folder"
         )
-    files = plan_benchmark(root, dataset.name, dataset.split, suite, layout, severities)
+    files = layout_.files(dataset.name, dataset.split, suite.corruptions, severities)
     outputs: dict[str, Any] = dict(previous.get("files", {})) if previous else {}
     pending = [f for f in files if not f.path.is_file()]
     manifest = {"config": config, "versions": _versions(), "device": str(device), "files": outputs}
@@ -171,14 +144,10 @@ def generate_benchmark(
     first = prepare_images(next(dataset.iter_batches(1))[1], size)
     image_shape = tuple(first.shape[-2:]) + ((3,) if first.shape[1] == 3 else ())
     factor = 1.0 if resize else first.shape[-1] / suite.reference_size
-    # MedMNIST-C stores labels as (N, k) columns, MediMeta-C as the dataset holds them.
     labels = np.asarray(dataset.labels)
-    if layout == "medmnist-c":
-        labels = labels.reshape(n, -1)
-    image_key, label_key = _keys(layout)
     cache_path = root / dataset.name / f".{dataset.split}-clean-cache.npy"
     positions = np.empty(n, dtype=np.int64)  # dataset index of each row: keys the random streams
-    total = sum(max(1, len(f.severities)) for f in pending) * n
+    total = sum(f.blocks for f in pending) * n
     bar = tqdm(total=total, unit="img", desc=f"{dataset.name} {suite.name}", disable=not progress)
     try:
         if pending:
@@ -192,11 +161,9 @@ def generate_benchmark(
         # the finisher is left last: the batch writer's queued hand-overs reach it first
         with _Writer("medrobust-finisher") as finisher, _Writer("medrobust-writer") as background:
             for file in pending:
-                reps = max(1, len(file.severities))
                 writer = NpzWriter(file.path, compress=compress)
                 finisher.own(writer)
-                background.submit(writer.add, label_key, np.concatenate([labels] * reps))
-                background.submit(writer.declare, image_key, (reps * n, *image_shape), np.uint8)
+                background.submit(layout_.start_file, writer, file, labels, image_shape)
                 for s in file.severities or (None,):
                     for start in range(0, n, batch_size):
                         stop = min(n, start + batch_size)
@@ -207,10 +174,9 @@ def generate_benchmark(
                                 batch, s, seed=seed, indices=positions[start:stop].tolist(),
                                 size_factor=factor,
                             )
-                        background.submit(writer.write, image_key, _to_numpy(batch))
+                        background.submit(writer.write, layout_.image_key, _to_numpy(batch))
                         bar.update(stop - start)
-                entry = {"corruption": file.corruption, "severities": list(file.severities),
-                         "images": reps * n}
+                entry = _manifest_entry(file, n)
                 background.submit(finisher.submit, writer.close)
                 background.submit(
                     finisher.submit, _record, outputs, root, file.path, entry, manifest_path, manifest
@@ -221,8 +187,7 @@ def generate_benchmark(
     for file in files:
         key = str(file.path.relative_to(root))
         if key not in outputs:
-            outputs[key] = {"corruption": file.corruption, "severities": list(file.severities),
-                            "sha256": file_sha256(file.path), "images": max(1, len(file.severities)) * n}
+            outputs[key] = {**_manifest_entry(file, n), "sha256": file_sha256(file.path)}
     manifest["complete"] = True
     _write_json_atomic(manifest_path, manifest)
     return manifest_path

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..severity import NUM_SEVERITIES, check_severity
 from ._medmnist_c_table import MEDMNIST_C_TABLE
 from ._random import ImageRandom
 from .functional._utils import check_images
@@ -36,15 +37,7 @@ __all__ = [
     "load_suite_file",
 ]
 
-NUM_SEVERITIES = 5
 REFERENCE_SIZE = 224
-
-
-def check_severity(severity: int) -> int:
-    """Severities are integers 1..5; anything else is a clear error."""
-    if isinstance(severity, bool) or not isinstance(severity, int) or not 1 <= severity <= NUM_SEVERITIES:
-        raise ValueError(f"severity must be an integer in 1..{NUM_SEVERITIES}, got {severity!r}")
-    return severity
 
 
 @dataclass(frozen=True)

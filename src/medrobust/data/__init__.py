@@ -1,13 +1,24 @@
 """Data layer: labelled image sets, MedMNIST loading, benchmark layouts, safe npz I/O."""
 
 from .catalog import open_dataset
-from .datasets import TASKS, DatasetInfo, ImageDataset, images_to_tensor, tensor_to_images
+from .datasets import (
+    TASKS,
+    DatasetInfo,
+    ImageDataset,
+    check_images,
+    images_to_tensor,
+    tensor_to_images,
+)
 from .folders import read_image_folder, read_medimeta
 from .layouts import (
+    LAYOUTS,
     MEDIMETA_C_DATASETS,
     SEVERITIES,
+    BenchmarkFile,
     IncompleteBenchmarkError,
+    Layout,
     benchmark_dataset_info,
+    get_layout,
     is_complete,
     list_medimeta_c,
     list_medmnist_c,
@@ -42,20 +53,25 @@ from .paths import DATA_ROOT_ENV, DataNotFoundError, resolve_data_root
 
 __all__ = [
     "DATA_ROOT_ENV",
+    "LAYOUTS",
     "MEDIMETA_C_DATASETS",
     "MEDMNIST_2D_FLAGS",
     "MEDMNIST_MODALITIES",
     "SEVERITIES",
     "TASKS",
+    "BenchmarkFile",
     "DataNotFoundError",
     "DatasetInfo",
     "ImageDataset",
     "IncompleteBenchmarkError",
+    "Layout",
     "NpzFormatError",
     "NpzWriter",
     "benchmark_dataset_info",
+    "check_images",
     "download_medmnist",
     "find_medmnist_file",
+    "get_layout",
     "images_to_tensor",
     "is_complete",
     "list_medimeta_c",

@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["TASKS", "DatasetInfo", "ImageDataset", "images_to_tensor", "tensor_to_images"]
+__all__ = [
+    "TASKS", "DatasetInfo", "ImageDataset", "check_images", "images_to_tensor", "tensor_to_images",
+]
 
 TASKS = ("binary", "multi-class", "ordinal", "multi-label")
 
@@ -44,17 +46,23 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
 
 def tensor_to_images(images: torch.Tensor) -> np.ndarray:
     """uint8 tensor (N, C, H, W), C in {1, 3} -> numpy (N, H, W) grey or (N, H, W, 3) RGB."""
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
-        raise TypeError("expected a uint8 torch tensor of shape (N, C, H, W)")
-    if images.shape[1] not in (1, 3):
-        raise ValueError(f"expected 1 or 3 channels, got shape {tuple(images.shape)}")
+    check_images(images)
     arr = images.detach().cpu()
     if arr.shape[1] == 1:
         return arr[:, 0].numpy()
     return arr.permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def _check_images(images: Any) -> None:
+def check_images(images: Any, *, channels_last: bool = False) -> None:
+    """Raise a clear error unless ``images`` are uint8 pixels in one of medrobust's two forms.
+
+    * default: a tensor (N, C, H, W), C = 1 or 3, as corruptions and models take them;
+    * ``channels_last=True``: a numpy array (N, H, W) grey or (N, H, W, 3) RGB, as
+      datasets and benchmark files store them.
+    """
+    if not channels_last:
+        _check_tensor_images(images)
+        return
     if not isinstance(images, np.ndarray):
         raise TypeError(f"images must be a numpy array, got {type(images).__name__}")
     if images.dtype != np.uint8:
@@ -72,6 +80,19 @@ def _check_images(images: Any) -> None:
     if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 3)):
         raise ValueError(
             f"images must have shape (N, H, W) for grey or (N, H, W, 3) for RGB, got {images.shape}"
+        )
+
+
+def _check_tensor_images(images: Any) -> None:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if images.dtype != torch.uint8:
+        raise TypeError(
+            f"images must be uint8 (raw pixels; models normalise them themselves), got {images.dtype}"
+        )
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(
+            f"images must have shape (N, C, H, W) with C = 1 or 3, got {tuple(images.shape)}"
         )
 
 
@@ -123,7 +144,7 @@ class ImageDataset:
     indices: np.ndarray = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        _check_images(self.images)
+        check_images(self.images, channels_last=True)
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         names = self.class_names

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import math
 import warnings
-import zlib
 
 import numpy as np
 
+from ..seeding import seed_words
 from .datasets import ImageDataset
 
 __all__ = [
@@ -57,12 +57,6 @@ def _check_request(fraction: float | None, shots: int | None) -> None:
         raise ValueError(f"shots must be a positive int (images per class), got {shots!r}")
 
 
-def _class_seed(seed: int, key: str, label: int) -> list[int]:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    return [int(seed), zlib.crc32(key.encode("utf-8")), int(label)]
-
-
 def fewshot_indices(
     labels: np.ndarray,
     *,
@@ -97,7 +91,7 @@ def fewshot_indices(
                     f"fewer than shots={take}; all of them are used",
                     stacklevel=2,
                 )
-        rng = np.random.default_rng(_class_seed(seed, key, int(label)))
+        rng = np.random.default_rng(seed_words(seed, key, int(label)))
         chosen.append(members[rng.permutation(members.size)[:take]])
     if not chosen:
         return np.zeros(0, dtype=np.int64)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterable, Mapping
@@ -23,6 +22,8 @@ from typing import IO, Any
 
 import numpy as np
 from numpy.lib import format as npy_format
+
+from .._files import commit_temp, make_temp
 
 __all__ = [
     "NpzFormatError",
@@ -271,12 +272,7 @@ class NpzWriter:
             raise ValueError(f"npz path must end in '.npz', got {self.path}")
         if not overwrite and self.path.exists():
             raise FileExistsError(f"{self.path} already exists")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{self.path.stem}.", suffix=".tmp", dir=self.path.parent
-        )
-        self._tmp = Path(tmp)
-        os.chmod(self._tmp, 0o644)  # mkstemp makes 0600; the result is ordinary shared data
+        fd, self._tmp = make_temp(self.path)
         self._fh = os.fdopen(fd, "w+b")
         compression = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
         self._zip = zipfile.ZipFile(self._fh, "w", compression=compression, allowZip64=True)
@@ -395,8 +391,7 @@ class NpzWriter:
             self._fh.flush()
             os.fsync(self._fh.fileno())
             self._fh.close()
-            os.replace(self._tmp, self.path)
-            _fsync_dir(self.path.parent)
+            commit_temp(self._tmp, self.path)
         except BaseException:
             self.abort()
             raise
@@ -428,20 +423,6 @@ class NpzWriter:
             self.abort()
         else:
             self.close()
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Persist a rename (POSIX); silently skipped where directories cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_npz_atomic(path: str | Path, *, compress: bool = False, **arrays: Any) -> Path:

@@ -21,6 +21,7 @@ import numpy as np
 
 from medrobust.evaluation import baselines
 from medrobust.evaluation.metrics import UndefinedMetricWarning
+from medrobust.severity import CLEAN, SEVERITIES, check_severity
 
 __all__ = [
     "CLEAN",
@@ -47,8 +48,7 @@ ErrorTable: TypeAlias = Mapping[str, Any] | Sequence[Mapping[str, Any]]
 """A mapping ``{'clean': e, corruption: {severity: e} | e}`` or a list of records (see error_grid)."""
 
 ERROR_TYPES: tuple[str, ...] = ("error", "balanced_error")
-CLEAN = "clean"
-DEFAULT_SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
+DEFAULT_SEVERITIES: tuple[int, ...] = SEVERITIES
 MIN_DENOMINATOR = 1e-3
 """Baseline denominators below this (zero, near zero or negative) make a ratio undefined."""
 
@@ -105,9 +105,10 @@ def _severity(value: Any, where: str) -> int:
         value = int(value)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{where}: a severity must be a positive integer; got {value!r}")
-    return int(value)
+    try:
+        return check_severity(value)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 def _severity_errors(value: SeverityErrors, where: str) -> dict[int, float] | float:

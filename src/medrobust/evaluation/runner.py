@@ -24,21 +24,14 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..corruptions import CorruptedDataset, Suite, get_suite
 from ..data import ImageDataset, open_dataset
-from ..data.layouts import (
-    IncompleteBenchmarkError,
-    medmnist_c_path,
-    read_medimeta_c,
-    read_medmnist_c,
-    require_medimeta_c,
-)
+from ..data.layouts import get_layout
 from ..models import ModelAdapter, create_model
 from ..models.zeroshot import ZeroShotClassifier
+from ..severity import CLEAN, SEVERITIES, Condition, conditions, is_clean
 from .metrics import cell_metrics
 from .store import CellKey, ResultsStore
 
-__all__ = ["CLEAN", "Cell", "GridSpec", "RunSummary", "run_grid"]
-
-CLEAN = "clean"
+__all__ = ["CLEAN", "GridSpec", "RunSummary", "run_grid"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +43,7 @@ class GridSpec:
     datasets: Sequence[str | ImageDataset]
     suite: str = "medmnist-c"
     corruptions: Sequence[str] | None = None
-    severities: Sequence[int] = (1, 2, 3, 4, 5)
+    severities: Sequence[int] = SEVERITIES
     split: str = "test"
     seed: int = 0
     templates: str | Sequence[str] | None = None
@@ -65,12 +58,6 @@ class GridSpec:
     pretrained: bool = True
     limit: int | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Cell:
-    corruption: str
-    severity: int
 
 
 @dataclass
@@ -92,14 +79,32 @@ def _precision(spec: GridSpec, device: torch.device) -> str:
     return "bf16" if device.type == "cuda" else "fp32"
 
 
-def _suite_for(spec: GridSpec, dataset: ImageDataset) -> Suite:
+def _suite_for(spec: GridSpec, dataset: ImageDataset) -> tuple[Suite, Suite]:
+    """The whole suite of ``dataset`` and the part of it ``spec`` evaluates."""
     name = spec.suite
     suite = get_suite(name, dataset.name if name == "medmnist-c" else None)
-    return suite.select(spec.corruptions)
+    return suite, suite.select(spec.corruptions)
 
 
-def _cells(suite: Suite, severities: Sequence[int]) -> list[Cell]:
-    return [Cell(CLEAN, 0)] + [Cell(c, s) for c in suite.corruptions for s in severities]
+def suite_key(suite: str, dataset: str) -> str:
+    """The name a suite's info is stored under: a suite (medmnist-c) can differ per dataset."""
+    return f"{suite}/{dataset}"
+
+
+def _record_info(
+    store: ResultsStore, dataset: ImageDataset, models: Sequence[ModelAdapter], whole: Suite
+) -> None:
+    """Store what the run's dataset, models and suite are, for the report to read back."""
+    store.set_info("dataset", dataset.name, {
+        "modality": dataset.modality, "task": dataset.task,
+        "class_names": list(dataset.class_names), "source": str(dataset.source),
+    })  # fmt: skip
+    for model in models:
+        store.set_info("model", model.name, {"notes": model.info.notes})
+    store.set_info("suite", suite_key(whole.name, dataset.name), {
+        "corruptions": list(whole.corruptions),
+        "benchmark_corruptions": list(whole.benchmark_corruptions),
+    })  # fmt: skip
 
 
 def _open_dataset(spec: GridSpec, item: str | ImageDataset) -> ImageDataset:
@@ -117,31 +122,19 @@ class _Source:
     def __init__(self, spec: GridSpec, dataset: ImageDataset, suite: Suite, device: torch.device):
         self.spec, self.dataset, self.suite, self.device = spec, dataset, suite, device
         self.root = Path(spec.benchmark_dir) if spec.benchmark_dir else None
-        if self.root is not None:
-            self._check_complete()
+        self.layout = get_layout(spec.layout, self.root) if self.root is not None else None
+        if self.layout is not None:
+            self.layout.require(dataset.name, dataset.split, suite.corruptions, spec.severities)
 
     def describe(self) -> str:
         return f"benchmark:{self.spec.layout}:{self.root}" if self.root else "on-the-fly"
 
-    def _check_complete(self) -> None:
-        name, split = self.dataset.name, self.dataset.split
-        if self.spec.layout == "medimeta-c":
-            require_medimeta_c(self.root, name, split, self.suite.corruptions, self.spec.severities)
-            return
-        missing = [str(medmnist_c_path(self.root, name, c)) for c in self.suite.corruptions
-                   if not medmnist_c_path(self.root, name, c).is_file()]
-        if missing:
-            raise IncompleteBenchmarkError(
-                f"benchmark folder {self.root} lacks {len(missing)} file(s): {', '.join(missing)}"
-            )
-
-    def batches(self, cell: Cell) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(uint8 images on the device, labels) for the cell."""
+    def batches(self, cell: Condition) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(uint8 images on the device, labels) for the cell ``(corruption, severity)``."""
         bs = self.spec.batch_size
-        if self.root is None:
+        if self.layout is None:
             view = CorruptedDataset(
-                self.dataset, self.suite, None if cell.corruption == CLEAN else cell.corruption,
-                cell.severity or None, seed=self.spec.seed, resize=self.spec.resize,
+                self.dataset, self.suite, *cell, seed=self.spec.seed, resize=self.spec.resize
             )
             for _, images, labels in view.iter_batches(bs, self.device):
                 yield images, labels
@@ -152,15 +145,13 @@ class _Source:
         for _, images, labels in stored.iter_batches(bs):
             yield images.to(self.device), labels
 
-    def _stored(self, cell: Cell) -> ImageDataset:
+    def _stored(self, cell: Condition) -> ImageDataset:
+        """The cell's images from the benchmark folder; a layout that need not hold clean
+        images (official MedMNIST-C) falls back to the dataset itself for clean."""
         name, split = self.dataset.name, self.dataset.split
-        if self.spec.layout == "medimeta-c":
-            corruption = None if cell.corruption == CLEAN else cell.corruption
-            return read_medimeta_c(self.root, name, split, corruption, cell.severity or None)
-        if cell.corruption == CLEAN:
-            clean = medmnist_c_path(self.root, name, CLEAN)
-            return read_medmnist_c(self.root, name, CLEAN, 1) if clean.is_file() else self.dataset
-        return read_medmnist_c(self.root, name, cell.corruption, cell.severity)
+        if is_clean(cell[0]) and not self.layout.path_for(name, split, *cell).is_file():
+            return self.dataset
+        return self.layout.read(name, split, *cell)
 
 
 def _prefetch(iterable: Iterable[Any], depth: int = 2) -> Iterator[Any]:
@@ -244,14 +235,15 @@ def run_grid(
         model.to(device).eval()
     with ResultsStore(run_dir) as store:
         for dataset in datasets:
-            suite = _suite_for(spec, dataset)
+            whole, suite = _suite_for(spec, dataset)
+            _record_info(store, dataset, models, whole)
             source = _Source(spec, dataset, suite, device)
             classifiers = [
                 ZeroShotClassifier(model, dataset.class_names, spec.templates, dataset.modality,
                                    precision=_precision(spec, device))
                 for model in models
             ]
-            cells = _cells(suite, spec.severities)
+            cells = conditions(suite.corruptions, spec.severities)
             names = ", ".join(m.name for m in models)
             bar = tqdm(cells, desc=f"{dataset.name} [{names}]", unit="cell", disable=not progress)
             for cell in bar:
@@ -289,11 +281,12 @@ def _cell_key(
     model: ModelAdapter,
     dataset: ImageDataset,
     suite: Suite,
-    cell: Cell,
+    cell: Condition,
     classifier: ZeroShotClassifier,
     source: _Source,
 ) -> CellKey:
-    params = None if cell.corruption == CLEAN else suite[cell.corruption].params[cell.severity - 1]
+    corruption, severity = cell
+    params = None if is_clean(corruption) else suite[corruption].params[severity - 1]
     config = {
         "prompts": classifier.prompts,
         "class_names": list(dataset.class_names),
@@ -302,10 +295,10 @@ def _cell_key(
         "dataset_source": str(dataset.source),
         "n_images": len(dataset),
         "resize": suite.reference_size if spec.resize else None,
-        "corruption_function": None if params is None else suite[cell.corruption].function,
+        "corruption_function": None if params is None else suite[corruption].function,
         "corruption_params": params,
         "precision": classifier.precision,
         "code_version": __version__,
     }
-    return CellKey(model.name, model.weights_hash, dataset.name, dataset.split, cell.corruption,
-                   cell.severity, spec.seed, suite.name, config)
+    return CellKey(model.name, model.weights_hash, dataset.name, dataset.split, corruption,
+                   severity, spec.seed, suite.name, config)

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from .._files import atomic_path
+
 __all__ = ["CellKey", "ResultsStore", "StoreError"]
 
 _SCHEMA = """
@@ -57,6 +59,7 @@ CREATE TABLE IF NOT EXISTS claims (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+INFO_KINDS = ("dataset", "model", "suite")
 METRIC_COLUMNS = ("accuracy", "balanced_accuracy", "auc", "ece", "error", "balanced_error")
 
 
@@ -156,13 +159,9 @@ class ResultsStore:
         """Record a finished cell: predictions file first, then the row, atomically."""
         rel = Path("predictions") / f"{key.cell_id}.npz"
         final = self.run_dir / rel
-        tmp = final.with_name(f".{final.stem}.tmp-{os.getpid()}.npz")
-        try:
+        with atomic_path(final, suffix=".npz") as tmp:
             np.savez_compressed(tmp, probabilities=np.asarray(probabilities, np.float32),
                                 labels=np.asarray(labels))
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
         values = [metrics.get(c) for c in METRIC_COLUMNS]
         values = [None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v) for v in values]
         with self._transaction():
@@ -192,6 +191,29 @@ class ResultsStore:
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
+    def set_info(self, kind: str, name: str, info: Mapping[str, Any]) -> None:
+        """Record what a ``kind`` ('dataset', 'model' or 'suite') named ``name`` is, so that a
+        report reads it from the run instead of guessing it from the name (meta table)."""
+        if kind not in INFO_KINDS:
+            raise ValueError(f"info kind must be one of {INFO_KINDS}, got {kind!r}")
+        self._conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+            (f"{kind}:{name}", json.dumps(dict(info), sort_keys=True, default=str)),
+        )
+
+    def info(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """``{kind: {name: info}}`` recorded with ``set_info``; empty kinds for older runs."""
+        out: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in INFO_KINDS}
+        try:
+            rows = self._conn.execute("SELECT key, value FROM meta").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot read the run database {self.path}: {exc}") from exc
+        for key, value in rows:
+            kind, _, name = str(key).partition(":")
+            if kind in out and name:
+                out[kind][name] = json.loads(value)
+        return out
+
     def predictions(self, row: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """The saved probabilities and labels of a cell, to recompute any metric."""
         with np.load(self.run_dir / row["predictions"], allow_pickle=False) as f:
@@ -201,25 +223,21 @@ class ResultsStore:
         """Write all rows to ``.csv`` or ``.parquet`` (needs pandas + pyarrow) atomically."""
         path = Path(path)
         rows = self.rows()
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
+        if path.suffix not in (".csv", ".parquet"):
+            raise ValueError(f"export to .csv or .parquet, not {path.suffix!r}")
+        with atomic_path(path) as tmp:
             if path.suffix == ".csv":
                 with tmp.open("w", newline="") as fh:
                     columns = list(rows[0]) if rows else ["cell_id"]
                     writer = csv.DictWriter(fh, fieldnames=columns)
                     writer.writeheader()
                     writer.writerows(rows)
-            elif path.suffix == ".parquet":
+            else:
                 try:
                     import pandas as pd
                 except ImportError as exc:
                     raise ValueError("Parquet export needs pandas and pyarrow: pip install pandas pyarrow") from exc
                 pd.DataFrame(rows).to_parquet(tmp)
-            else:
-                raise ValueError(f"export to .csv or .parquet, not {path.suffix!r}")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         return path
 
     def _transaction(self) -> _Transaction:

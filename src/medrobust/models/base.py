@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.datasets import check_images
+
 __all__ = [
     "ClipBpeTokenizer",
     "HFTextTokenizer",
@@ -26,31 +28,12 @@ __all__ = [
     "ModelAdapter",
     "ModelInfo",
     "TextTokenizer",
-    "check_uint8_images",
 ]
 
 RESIZE_MODES = ("shortest", "squash", "pad_square")
 INTERPOLATIONS = ("bicubic", "bilinear")
 # ITU-R 601-2 luma, as PIL's convert("L").
 _LUMA = (0.299, 0.587, 0.114)
-
-
-def check_uint8_images(images: Tensor) -> None:
-    """Raise unless ``images`` is a uint8 tensor (N, C, H, W) with C = 1 or 3.
-
-    Same contract as ``medrobust.corruptions.functional._utils.check_images``; kept here so
-    the model zoo does not import the corruption package.
-    """
-    if not isinstance(images, Tensor):
-        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
-    if images.dtype != torch.uint8:
-        raise TypeError(
-            f"images must be uint8 (raw pixels; the model normalises them itself), got {images.dtype}"
-        )
-    if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(
-            f"images must have shape (N, C, H, W) with C = 1 or 3, got {tuple(images.shape)}"
-        )
 
 
 @dataclass(frozen=True)
@@ -109,7 +92,7 @@ class ImagePreprocess:
         return d
 
     def __call__(self, images: Tensor) -> Tensor:
-        check_uint8_images(images)
+        check_images(images)
         x = images.to(torch.float32)  # kept on the 0..255 scale; 1/255 folds into the normalisation
         if self.grey and x.shape[1] == 3:
             luma = x.new_tensor(_LUMA).view(1, 3, 1, 1)

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from medrobust.models.base import ModelAdapter, check_uint8_images
+from medrobust.data.datasets import check_images
+from medrobust.models.base import ModelAdapter
 from medrobust.models.prompts import build_prompts
 from medrobust.models.weights import RANDOM_INIT
 
@@ -195,7 +196,7 @@ class ZeroShotClassifier:
 
         Runs the model's preprocessing on its device, then scores, under inference mode.
         """
-        check_uint8_images(images)
+        check_images(images)
         self.model.check_eval()
         with torch.inference_mode():
             pixels = self.model.preprocess(images.to(self.model.device, non_blocking=True))

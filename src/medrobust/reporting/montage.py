@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,8 +9,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .._files import atomic_path
 from ..corruptions.api import prepare_images
-from ..corruptions.suites import NUM_SEVERITIES, Suite
+from ..corruptions.suites import Suite
+from ..severity import CLEAN, SEVERITIES
 
 __all__ = ["corruption_montage", "save_png_atomic"]
 
@@ -25,7 +26,7 @@ def corruption_montage(
     *,
     indices: Sequence[int] | None = None,
     corruptions: Sequence[str] | None = None,
-    severities: Sequence[int] = tuple(range(1, NUM_SEVERITIES + 1)),
+    severities: Sequence[int] = SEVERITIES,
     seed: int = 0,
     tile: int = 128,
     resize: bool = True,
@@ -47,7 +48,7 @@ def corruption_montage(
         ]
         for i in range(len(prepared)):
             rows.append((name, [_tile(o[i], tile) for o in outs]))
-    columns = ["clean", *[f"severity {s}" for s in severities]]
+    columns = [CLEAN, *[f"severity {s}" for s in severities]]
     canvas = Image.new("RGB", (_LABEL_WIDTH + tile * len(columns), _HEADER + tile * len(rows)), "white")
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
@@ -70,12 +71,6 @@ def _tile(image: torch.Tensor, size: int) -> np.ndarray:
 
 def save_png_atomic(image: Image.Image, path: str | Path) -> Path:
     """Save a PNG through a temporary file so a crash never leaves half an image."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)

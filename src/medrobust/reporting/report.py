@@ -22,19 +22,20 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..evaluation.robustness import CLEAN, ERROR_TYPES, MIN_DENOMINATOR
+from .._files import write_text_atomic
+from ..evaluation.robustness import ERROR_TYPES, MIN_DENOMINATOR
 from ..evaluation.store import ResultsStore
+from ..severity import CLEAN
 from .analysis import Analysis, analyse
-from .plots import plot_accuracy_vs_severity, plot_corruption_heatmap, write_bytes_atomic
+from .plots import plot_accuracy_vs_severity, plot_corruption_heatmap
 from .render import Cell, Table
 from .results import RunResults, collect_results
+from .run_info import RunInfo, model_notes
 from .tables import (
     ERROR_DEFINITIONS,
-    MEDCLIP_CAVEAT,
     accuracy_curves,
     build_tables,
     corruption_matrix,
-    is_medclip,
 )
 
 __all__ = ["write_report"]
@@ -73,10 +74,6 @@ summary{cursor:pointer;color:#0969da}
 """
 
 
-def _write_text_atomic(text: str, path: Path) -> Path:
-    return write_bytes_atomic(text.encode("utf-8"), path)
-
-
 def _check_montages(montage_images: Mapping[str, str | Path] | None) -> dict[str, Path]:
     if montage_images is None:
         return {}
@@ -95,7 +92,7 @@ def _check_montages(montage_images: Mapping[str, str | Path] | None) -> dict[str
     return out
 
 
-def _load_rows(run_dir: Path) -> list[dict]:
+def _load_run(run_dir: Path) -> tuple[list[dict], RunInfo]:
     database = run_dir / "results.sqlite"
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder not found: {run_dir}")
@@ -104,11 +101,11 @@ def _load_rows(run_dir: Path) -> list[dict]:
             f"no results database {database}: {run_dir} is not a medrobust run folder "
             "(evaluate models into it first)")
     with ResultsStore(run_dir) as store:
-        rows = store.rows()
+        rows, info = store.rows(), RunInfo.from_store(store.info())
     if not rows:
         raise ValueError(f"the run database {database} has no finished cells yet; "
                          "nothing to report (evaluate models into the run first)")
-    return rows
+    return rows, info
 
 
 def _missing_cells(results: RunResults) -> tuple[int, list[str]]:
@@ -187,7 +184,7 @@ def _summary_items(results: RunResults, analysis: Analysis, run_dir: Path) -> li
     ]
 
 
-def _warnings(results: RunResults, analysis: Analysis) -> list[str]:
+def _warnings(results: RunResults, analysis: Analysis, info: RunInfo) -> list[str]:
     out = []
     if analysis.baseline is None and analysis.requested_baseline is not None:
         out.append(f"The baseline model {analysis.requested_baseline!r} is not in this run "
@@ -197,11 +194,11 @@ def _warnings(results: RunResults, analysis: Analysis) -> list[str]:
     if count:
         out.append(f"The grid is incomplete: {count} expected cell(s) are missing, so some "
                    "summaries cover fewer corruptions or datasets (see Coverage).")
-    out += [f"{m}: {MEDCLIP_CAVEAT}." for m in results.models if is_medclip(m)]
+    out += model_notes(results.models, info)
     return out
 
 
-def _notes(results: RunResults, analysis: Analysis) -> list[str]:
+def _notes(results: RunResults, analysis: Analysis, info: RunInfo) -> list[str]:
     notes = [
         f"Error: {ERROR_DEFINITIONS[results.error_type]}; the {results.accuracy_name} columns "
         "show 1 - error. AUC is the ROC-AUC (one-vs-rest macro for more than two classes); ECE "
@@ -229,7 +226,11 @@ def _notes(results: RunResults, analysis: Analysis) -> list[str]:
                 + (f"; and {len(where) - 25} more" if len(where) > 25 else "") + ".")
     notes.append(coverage + " Every summary states how many (dataset, corruption) pairs it "
                  "covers; a corruption counts only with all its severities.")
-    notes += [f"{m}: {MEDCLIP_CAVEAT}." for m in results.models if is_medclip(m)]
+    notes += model_notes(results.models, info)
+    guessed = info.guessed([b.dataset for b in results.benchmarks])
+    if guessed:
+        notes.append(f"Modality of {', '.join(sorted(set(guessed)))} guessed from the dataset name: "
+                     "the run did not record it (evaluated before modalities were stored).")
     notes += list(results.notes)
     return notes
 
@@ -425,9 +426,12 @@ def write_report(
         raise ValueError(f"error_type must be one of {ERROR_TYPES}; got {error_type!r}")
     run_dir = Path(run_dir)
     montages = _check_montages(montage_images)
-    rows = _load_rows(run_dir)
-    results = collect_results(rows, error_type=error_type, split=split, modalities=modalities,
-                              expected_corruptions=expected_corruptions)
+    rows, info = _load_run(run_dir)
+    results = collect_results(
+        rows, error_type=error_type, split=split,
+        modalities={**info.modalities(), **(modalities or {})},
+        expected_corruptions={**info.expected_corruptions(rows), **(expected_corruptions or {})},
+    )  # fmt: skip
     analysis = analyse(results, baseline)
     out = Path(out_dir) if out_dir is not None else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -436,7 +440,7 @@ def write_report(
     headline = tables.pop("headline")
     content = _Content(
         title=f"medrobust robustness report: {run_dir.resolve().name}",
-        warnings=_warnings(results, analysis),
+        warnings=_warnings(results, analysis, info),
         summary=_summary_items(results, analysis, run_dir.resolve()),
         datasets=_datasets_table(results),
         configuration=_config_summary(results),
@@ -444,9 +448,9 @@ def write_report(
         results=list(tables.values()),
         figures=_figures(analysis, out),
         montages=montages,
-        notes=_notes(results, analysis),
+        notes=_notes(results, analysis, info),
     )
-    paths = {"markdown": _write_text_atomic(_markdown(content, out), out / "report.md"),
-             "html": _write_text_atomic(_html(content), out / "report.html")}
+    paths = {"markdown": write_text_atomic(_markdown(content, out), out / "report.md"),
+             "html": write_text_atomic(_html(content), out / "report.html")}
     paths.update({path.stem: path for _, path, _ in content.figures})
     return paths

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from medrobust.corruptions._random import ImageRandom
 from medrobust.corruptions._threads import run_chunks
+from medrobust.data.datasets import check_images
 
 __all__ = [
     "CPU_CHUNK_ELEMENTS",
@@ -90,18 +91,6 @@ _PAD_MODES = (*_BORDER_MODES, "zeros")
 
 
 # ----------------------------------------------------------------------------- validation
-
-
-def check_images(images: torch.Tensor) -> None:
-    """Raise a clear error unless ``images`` is a uint8 tensor of shape (N, C, H, W), C in {1, 3}."""
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
-    if images.dtype != torch.uint8:
-        raise TypeError(f"images must be uint8, got {images.dtype}")
-    if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(
-            f"images must have shape (N, C, H, W) with C = 1 or 3, got {tuple(images.shape)}"
-        )
 
 
 def check_rng(rng: object, images: torch.Tensor) -> ImageRandom:
