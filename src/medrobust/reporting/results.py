@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..evaluation.robustness import CLEAN, ERROR_TYPES
+from ..evaluation.robustness import ERROR_TYPES
+from ..severity import CLEAN
 
 __all__ = [
     "ACCURACY_NAMES",

@@ -15,7 +15,8 @@ import re
 from collections import defaultdict
 from collections.abc import Sequence
 
-from ..evaluation.robustness import CLEAN, RobustnessSummary
+from ..evaluation.robustness import RobustnessSummary
+from ..severity import CLEAN
 from .analysis import Analysis, missing_reason
 from .render import Cell, Table
 from .results import Benchmark, RunResults, mean_defined
