@@ -24,10 +24,7 @@ LAYERS = (
     ("demo", "cli", "__main__"),
 )
 RANK = {top: rank for rank, tops in enumerate(LAYERS) for top in tops}
-KNOWN = {
-    # trains a model, so it moves to adaptation/ (issue 11, the arch-config step)
-    "medrobust/models/pretrain.py",
-}
+KNOWN: set[str] = set()
 
 
 def module_name(path: Path, root: Path) -> str:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from medrobust.runtime import keep_freed_memory
 from medrobust.severity import SEVERITIES, parse_severities
 
 __all__ = ["main"]
+
+C = TypeVar("C")
 
 
 def _names(text: str) -> list[str]:
@@ -149,6 +153,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(cls: type[C], args: argparse.Namespace, **derived: Any) -> C:
+    """Build the config dataclass ``cls`` from the parsed options whose ``dest`` is one of its
+    fields, plus ``derived`` values (nested configs, defaults that depend on other options)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in vars(args).items() if k in names}, **derived)
+
+
 def _warmup(text: str) -> float | int:
     value = float(text)
     if value < 0:
@@ -156,12 +167,17 @@ def _warmup(text: str) -> float | int:
     return int(value) if value >= 1 else value
 
 
+def _patience(text: str) -> int | None:
+    """``--patience 0`` turns early stopping off (``patience=None``)."""
+    return int(text) or None
+
+
 def _targets(text: str) -> str | list[str]:
     return _names(text) if "," in text else text
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from .adaptation import adapt, convert_robustmedclip
+    from .adaptation import AdaptConfig, LoraSettings, adapt, convert_robustmedclip
 
     model_kwargs = {"pretrained": not args.random_weights}
     if args.import_robustmedclip:
@@ -174,19 +190,10 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         return 0
     if not args.model or not args.dataset:
         raise ValueError("adapt needs --model and at least one --dataset")
-    out = adapt(
-        args.model, args.dataset, out_dir=args.out, fewshot=args.fewshot, shots=args.shots,
-        fewshot_split=args.fewshot_split, val_split=args.val_split, val_limit=args.val_limit,
-        rank=args.rank, alpha=args.alpha, dropout=args.dropout, targets=args.targets,
-        augment_suite=args.augment_suite, exclude_corruptions=args.exclude_corruptions or (),
-        augment_p=args.augment_p, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
-        batch_size=args.batch_size, grad_accum=args.grad_accum, warmup=args.warmup,
-        patience=args.patience or None, monitor=args.monitor, joint_labels=args.joint_labels,
-        templates=args.templates, data_root=args.data_root, data_size=args.size,
-        resize=not args.native_size, precision=args.precision, device=args.device, seed=args.seed,
-        model_kwargs=model_kwargs, label=args.label, resume=not args.no_resume,
-        progress=not args.quiet,
-    )
+    config = _config(AdaptConfig, args, lora=_config(LoraSettings, args))
+    out = adapt(args.model, args.dataset, config, out_dir=args.out, data_root=args.data_root,
+                device=args.device, model_kwargs=model_kwargs, resume=not args.no_resume,
+                progress=not args.quiet)
     print(f"evaluate it with: medrobust eval --adapter {out} --dataset ... --run-dir ...")
     return 0
 
@@ -201,13 +208,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from .models.pretrain import DEFAULT_DATASETS, pretrain
+    from .adaptation import PretrainConfig, pretrain
 
-    result = pretrain(
-        args.out, args.dataset or DEFAULT_DATASETS, args.data_root, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
-        device=args.device, limit=args.limit,
-    )
+    config = _config(PretrainConfig, args, datasets=tuple(args.dataset or PretrainConfig.datasets))
+    result = pretrain(args.out, config, data_root=args.data_root, device=args.device)
     print(f"best epoch {result.best_epoch} (val mean balanced accuracy {result.best_score:.3f}); "
           f"weights {result.weights_file}; evaluate with --model {result.out_dir}")
     return 0
@@ -235,21 +239,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+Subparsers = Any  # argparse's _SubParsersAction (private)
 
-    parser = argparse.ArgumentParser(
-        prog="medrobust",
-        description="Corruption benchmarks and robustness evaluation of medical vision-language models.",
-    )
-    parser.add_argument("--version", action="version", version=f"medrobust {__version__}")
-    parser.add_argument(
-        "--threads", type=int, default=0,
-        help="CPU threads for torch (default: 1 on machines with <= 2 cores, where a second "
-             "OpenMP thread was measured to slow the corruption kernels down; else torch's default)",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
 
+def _add_corrupt(sub: Subparsers) -> None:
     p = sub.add_parser("corrupt", help="write a corrupted benchmark (clean + corruptions x severities)")
     _add_dataset_options(p)
     p.add_argument("--out", required=True, help="output folder")
@@ -260,12 +253,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_corrupt)
 
+
+def _add_corruptions(sub: Subparsers) -> None:
     p = sub.add_parser("corruptions", help="list suites, corruptions and their parameters")
     p.add_argument("--suite", help="one suite (default: all)")
     p.add_argument("--dataset", help="MedMNIST flag for the medmnist-c suite")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_corruptions)
 
+
+def _add_preview(sub: Subparsers) -> None:
     p = sub.add_parser("preview", help="montage of sample images: corruptions x severities")
     _add_dataset_options(p)
     p.add_argument("--out", required=True, help="PNG file to write")
@@ -273,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=int, default=0, help="index of the first sample")
     p.set_defaults(func=cmd_preview)
 
+
+def _add_eval(sub: Subparsers) -> None:
     p = sub.add_parser("eval", help="zero-shot evaluation grid: models x datasets x corruptions")
     p.add_argument("--model", action="append",
                    help="model name (repeatable); see `medrobust models`")
@@ -302,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_eval)
 
+
+def _add_report(sub: Subparsers) -> None:
     p = sub.add_parser("report", help="Markdown + HTML report of an evaluation run")
     p.add_argument("run_dir")
     p.add_argument("--out", help="output folder (default RUN/report)")
@@ -309,48 +310,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--error-type", choices=("error", "balanced_error"), default="error")
     p.set_defaults(func=cmd_report)
 
+
+def _add_adapt(sub: Subparsers) -> None:
+    """``adapt``: the run's options, then one argument group per config (each option's
+    ``dest`` is the config field it sets)."""
     p = sub.add_parser("adapt", help="few-shot LoRA adaptation of a model's vision encoder")
     p.add_argument("--model", help="base model name (default biomedclip for --import-robustmedclip)")
     p.add_argument("--dataset", action="append", help="training dataset (repeatable)")
     p.add_argument("--out", required=True, help="adapter folder to write")
-    shots = p.add_mutually_exclusive_group()
-    shots.add_argument("--fewshot", type=float, help="fraction of the split per class, e.g. 0.01")
-    shots.add_argument("--shots", type=int, help="images per class")
-    p.add_argument("--fewshot-split", default="train", choices=("train", "val"))
-    p.add_argument("--val-split", default="val")
-    p.add_argument("--val-limit", type=int)
-    p.add_argument("--rank", type=int, default=16)
-    p.add_argument("--alpha", type=float, help="LoRA alpha (default: the rank)")
-    p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--targets", type=_targets, help="preset, regex, or comma-separated module names")
-    p.add_argument("--augment-suite", help="train with random corruptions from this suite")
-    p.add_argument("--exclude-corruptions", type=_names, help="corruptions left out of augmentation")
-    p.add_argument("--augment-p", type=float, default=0.5)
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--warmup", type=_warmup, default=0.05, help="steps (>= 1) or fraction")
-    p.add_argument("--patience", type=int, default=5, help="early stopping (0: off)")
-    p.add_argument("--monitor", choices=("balanced_accuracy", "loss"), default="balanced_accuracy")
-    p.add_argument("--joint-labels", action="store_true", help="one label space over all datasets")
-    p.add_argument("--templates", type=_names)
     p.add_argument("--data-root")
-    p.add_argument("--size", type=int, default=28)
-    p.add_argument("--native-size", action="store_true")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--random-weights", action="store_true")
-    p.add_argument("--label", help="name of the adapter (default from its settings)")
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--import-robustmedclip", metavar="LORA_FILE",
                    help="convert an official RobustMedCLIP lora_weights.safetensors instead of training")
     p.add_argument("--blocks", help="block indices of the imported file (default: all)")
+    _add_adapt_data(p.add_argument_group("data (AdaptConfig)"))
+    lora = p.add_argument_group("LoRA (LoraSettings)")
+    lora.add_argument("--rank", type=int, default=16)
+    lora.add_argument("--alpha", type=float, help="LoRA alpha (default: the rank)")
+    lora.add_argument("--dropout", type=float, default=0.0)
+    lora.add_argument("--targets", type=_targets, help="preset, regex, or comma-separated module names")
+    _add_adapt_optimisation(p.add_argument_group("optimisation (AdaptConfig)"))
     p.set_defaults(func=cmd_adapt)
 
+
+def _add_adapt_data(g: argparse._ArgumentGroup) -> None:
+    shots = g.add_mutually_exclusive_group()
+    shots.add_argument("--fewshot", type=float, help="fraction of the split per class, e.g. 0.01")
+    shots.add_argument("--shots", type=int, help="images per class")
+    g.add_argument("--fewshot-split", default="train", choices=("train", "val"))
+    g.add_argument("--val-split", default="val")
+    g.add_argument("--val-limit", type=int)
+    g.add_argument("--augment-suite", help="train with random corruptions from this suite")
+    g.add_argument("--exclude-corruptions", type=_names, default=(),
+                   help="corruptions left out of augmentation")
+    g.add_argument("--augment-p", type=float, default=0.5)
+    g.add_argument("--joint-labels", action="store_true", help="one label space over all datasets")
+    g.add_argument("--templates", type=_names)
+    g.add_argument("--size", dest="data_size", metavar="SIZE", type=int, default=28)
+    g.add_argument("--native-size", dest="resize", action="store_false")
+    g.add_argument("--label", help="name of the adapter (default from its settings)")
+
+
+def _add_adapt_optimisation(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--epochs", type=int, default=20)
+    g.add_argument("--lr", type=float, default=1e-4)
+    g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--grad-accum", type=int, default=1)
+    g.add_argument("--warmup", type=_warmup, default=0.05, help="steps (>= 1) or fraction")
+    g.add_argument("--patience", type=_patience, default=5, help="early stopping (0: off)")
+    g.add_argument("--monitor", choices=("balanced_accuracy", "loss"), default="balanced_accuracy")
+    g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    g.add_argument("--seed", type=int, default=0)
+
+
+def _add_demo(sub: Subparsers) -> None:
     p = sub.add_parser("demo", help="corrupt, evaluate, adapt and report with medrobust-mini")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--data-root")
@@ -361,21 +378,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
+
+def _add_pretrain(sub: Subparsers) -> None:
     p = sub.add_parser("pretrain", help="train medrobust-mini (small medical CLIP) on MedMNIST train splits")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--dataset", action="append", help="training dataset (repeatable; default: the three shipped)")
     p.add_argument("--data-root")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--limit", type=int, help="only the first N train images per dataset (smoke tests)")
+    g = p.add_argument_group("training (PretrainConfig)")
+    g.add_argument("--dataset", action="append", help="training dataset (repeatable; default: the three shipped)")
+    g.add_argument("--epochs", type=int, default=30)
+    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--weight-decay", type=float, default=0.05)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--limit", type=int, help="only the first N train images per dataset (smoke tests)")
     p.set_defaults(func=cmd_pretrain)
 
+
+def _add_models(sub: Subparsers) -> None:
     p = sub.add_parser("models", help="list the model registry")
     p.set_defaults(func=cmd_models)
+
+
+COMMANDS = (_add_corrupt, _add_corruptions, _add_preview, _add_eval, _add_report, _add_adapt,
+            _add_demo, _add_pretrain, _add_models)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="medrobust",
+        description="Corruption benchmarks and robustness evaluation of medical vision-language models.",
+    )
+    parser.add_argument("--version", action="version", version=f"medrobust {__version__}")
+    parser.add_argument(
+        "--threads", type=int, default=0,
+        help="CPU threads for torch (default: 1 on machines with <= 2 cores, where a second "
+             "OpenMP thread was measured to slow the corruption kernels down; else torch's default)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
     return parser
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .adaptation import adapt, load_adapted_model
+from .adaptation import AdaptConfig, adapt, load_adapted_model
 from .corruptions import get_suite
 from .data import open_dataset
 from .evaluation import GridSpec, ResultsStore, run_grid
@@ -92,16 +92,15 @@ def run_demo(
             name = _adapter_name(fraction, augmented)
             folder = out / "adapters" / name
             log(f"[2/4] adapting {BASE_MODEL}: {name}")
-            adapt(
-                BASE_MODEL, list(DEMO_DATASETS), out_dir=folder, fewshot=fraction,
-                augment_suite=settings.augment_suite if augmented else None,
+            config = AdaptConfig(
+                fewshot=fraction, augment_suite=settings.augment_suite if augmented else None,
                 exclude_corruptions=augment_exclude if augmented else (),
                 epochs=settings.epochs, patience=settings.patience, lr=settings.lr,
-                monitor=settings.monitor,
-                val_limit=settings.val_limit,
-                batch_size=settings.batch_size, data_root=data_root, device=device, seed=seed,
-                label=name, progress=progress, log=lambda _msg: None,
+                monitor=settings.monitor, val_limit=settings.val_limit,
+                batch_size=settings.batch_size, seed=seed, label=name,
             )
+            adapt(BASE_MODEL, list(DEMO_DATASETS), config, out_dir=folder, data_root=data_root,
+                  device=device, progress=progress, log=lambda _msg: None)
             adapters.append(folder)
 
     models: list[str | ModelAdapter] = [BASE_MODEL]

@@ -18,13 +18,7 @@ from medrobust.adaptation import (
     export_merged,
     load_adapted_model,
 )
-from medrobust.adaptation.checkpoint import (
-    atomic_path,
-    base_source,
-    load_train_state,
-    save_adapter,
-    save_train_state,
-)
+from medrobust.adaptation.checkpoint import base_source, save_adapter
 from medrobust.adaptation.lora import has_lora, lora_state_dict, vision_fingerprint
 from medrobust.models import WeightsMismatchError, create_model
 from medrobust.models.zeroshot import ZeroShotClassifier
@@ -139,17 +133,6 @@ def test_adapted_model_in_the_runner(tmp_path: Path, breast_batch, shared_data) 
     clean = next(r for r in rows if r["corruption"] == "clean")
     expected = classifier.predict_batch(test.to_tensor()).probabilities.argmax(1)
     assert clean["accuracy"] == pytest.approx(float((expected.numpy() == test.labels).mean()))
-
-
-def test_train_state_is_atomic_and_safe(tmp_path: Path) -> None:
-    path = tmp_path / "checkpoints" / "state.pt"
-    save_train_state(path, {"epoch": 1, "lora": {"w": torch.ones(2)}, "history": [{"a": 0.5}]})
-    with pytest.raises(RuntimeError, match="boom"), atomic_path(path) as tmp:
-        tmp.write_bytes(b"partial")
-        raise RuntimeError("boom")
-    state = load_train_state(path)  # the failed write left the previous state intact
-    assert state["epoch"] == 1 and torch.equal(state["lora"]["w"], torch.ones(2))
-    assert [p.name for p in path.parent.iterdir()] == ["state.pt"]
 
 
 def test_config_records_base_and_lora(tmp_path: Path, breast_batch) -> None:

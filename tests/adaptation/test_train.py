@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +14,16 @@ from safetensors.torch import load_file
 from medrobust.adaptation import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
+    AdaptConfig,
     LoraSettings,
     LoraTrainer,
     adapt,
     apply_lora,
     load_adapted_model,
 )
-from medrobust.adaptation.checkpoint import STATE_FILE, load_train_state
+from medrobust.adaptation.checkpoint import STATE_FILE
 from medrobust.adaptation.lora import lora_parameters
-from medrobust.adaptation.train import cosine_warmup
+from medrobust.adaptation.training import load_train_state
 from medrobust.corruptions import RandomCorruption, get_suite
 from medrobust.data import ImageDataset, load_medmnist
 from medrobust.data.fewshot import sample_fewshot
@@ -35,6 +36,17 @@ RUN = {  # a short run on real breast ultrasound images with a tiny random-weigh
 }
 
 
+_RUNTIME = ("data_root", "device", "model_kwargs", "resume", "progress", "log", "callback")
+_LORA = ("rank", "alpha", "dropout", "targets")
+
+
+def _adapt(model, datasets, *, out_dir, **options) -> Path:
+    """``adapt`` with the options of both configs and the runtime given flat, as in RUN."""
+    runtime = {k: options.pop(k) for k in _RUNTIME if k in options}
+    lora = LoraSettings(**{k: options.pop(k) for k in _LORA if k in options})
+    return adapt(model, datasets, AdaptConfig(**options, lora=lora), out_dir=out_dir, **runtime)
+
+
 class _Interrupt(Exception):
     pass
 
@@ -42,7 +54,7 @@ class _Interrupt(Exception):
 @pytest.fixture(scope="module")
 def run_a(tmp_path_factory, shared_data) -> Path:
     out = tmp_path_factory.mktemp("adapt") / "run-a"
-    return adapt("clip-vit-b16", ["breastmnist"], out_dir=out, data_root=shared_data, **RUN)
+    return _adapt("clip-vit-b16", ["breastmnist"], out_dir=out, data_root=shared_data, **RUN)
 
 
 def _random_head() -> torch.Tensor:
@@ -101,11 +113,11 @@ def test_resume_repeats_an_uninterrupted_run(run_a: Path, tmp_path: Path, shared
             raise _Interrupt
 
     with pytest.raises(_Interrupt):
-        adapt("clip-vit-b16", ["breastmnist"], out_dir=out, data_root=shared_data,
+        _adapt("clip-vit-b16", ["breastmnist"], out_dir=out, data_root=shared_data,
               callback=stop_after_first, **RUN)
     assert load_train_state(out / STATE_FILE)["epoch"] == 1
     seen: list[int] = []
-    adapt("clip-vit-b16", ["breastmnist"], out_dir=out, data_root=shared_data,
+    _adapt("clip-vit-b16", ["breastmnist"], out_dir=out, data_root=shared_data,
           callback=lambda r: seen.append(r["epoch"]), **RUN)
     assert seen == [2, 3]
     a, b = load_file(str(run_a / ADAPTER_WEIGHTS)), load_file(str(out / ADAPTER_WEIGHTS))
@@ -115,24 +127,24 @@ def test_resume_repeats_an_uninterrupted_run(run_a: Path, tmp_path: Path, shared
     hist_a, hist_b = _config(run_a)["validation"]["history"], _config(out)["validation"]["history"]
     assert [h["validation"] for h in hist_a] == [h["validation"] for h in hist_b]
     # finished: a third call returns at once; other settings in the same folder are refused
-    assert adapt("clip-vit-b16", ["breastmnist"], out_dir=out, data_root=shared_data, **RUN) == out
+    assert _adapt("clip-vit-b16", ["breastmnist"], out_dir=out, data_root=shared_data, **RUN) == out
     with pytest.raises(FileExistsError, match="different adaptation run"):
-        adapt("clip-vit-b16", ["breastmnist"], out_dir=out, data_root=shared_data,
+        _adapt("clip-vit-b16", ["breastmnist"], out_dir=out, data_root=shared_data,
               **{**RUN, "lr": 2e-2})
 
 
 def test_restart_after_a_crash_before_the_first_state(tmp_path: Path, shared_data) -> None:
     out = tmp_path / "run-c"
     options = {**RUN, "epochs": 1}
-    adapt("clip-vit-b16", ["breastmnist"], out_dir=out, data_root=shared_data, **options)
+    _adapt("clip-vit-b16", ["breastmnist"], out_dir=out, data_root=shared_data, **options)
     expected = load_file(str(out / ADAPTER_WEIGHTS))
     (out / STATE_FILE).unlink()  # as if it had crashed right after writing the epoch-0 adapter
-    adapt("clip-vit-b16", ["breastmnist"], out_dir=out, data_root=shared_data, **options)
+    _adapt("clip-vit-b16", ["breastmnist"], out_dir=out, data_root=shared_data, **options)
     got = load_file(str(out / ADAPTER_WEIGHTS))
     assert all(torch.equal(expected[k], got[k]) for k in expected)
     (out / STATE_FILE).unlink()
     with pytest.raises(FileExistsError, match="already holds an adapter"):
-        adapt("clip-vit-b16", ["breastmnist"], out_dir=out, data_root=shared_data,
+        _adapt("clip-vit-b16", ["breastmnist"], out_dir=out, data_root=shared_data,
               **{**options, "rank": 2})
 
 
@@ -144,7 +156,7 @@ def test_joint_label_space_keeps_same_names_apart(tmp_path: Path, breast_train) 
                           second.class_names, second.modality, second.task, "synthetic split")
     first.name = "breast_a"
     with pytest.warns(UserWarning, match="identical prompts"):
-        out = adapt("clip-vit-b16", [first, second], out_dir=tmp_path / "joint", joint_labels=True,
+        out = _adapt("clip-vit-b16", [first, second], out_dir=tmp_path / "joint", joint_labels=True,
                     **{**RUN, "epochs": 1, "fewshot": 0.2})
     data = _config(out)["data"]
     assert data["label_space"] == "joint"
@@ -154,7 +166,7 @@ def test_joint_label_space_keeps_same_names_apart(tmp_path: Path, breast_train) 
 
 
 def test_corruption_augmentation(tmp_path: Path, shared_data, breast_batch) -> None:
-    out = adapt("clip-vit-b16", ["breastmnist"], out_dir=tmp_path / "aug", data_root=shared_data,
+    out = _adapt("clip-vit-b16", ["breastmnist"], out_dir=tmp_path / "aug", data_root=shared_data,
                 augment_suite="medmnist-c", exclude_corruptions=["pixelate", "motion_blur"],
                 augment_p=1.0, **{**RUN, "epochs": 1})
     aug = _config(out)["augmentation"]
@@ -189,13 +201,6 @@ def test_bf16_autocast_step(tiny, breast_batch) -> None:
     after = dict(lora_parameters(model))
     assert all(after[n].dtype == torch.float32 for n in before)  # master weights stay fp32
     assert any(not torch.equal(before[n], after[n]) for n in before if ".lora_B." in n)
-
-
-def test_cosine_schedule_with_warmup() -> None:
-    factors = [cosine_warmup(s, warmup=4, total=20) for s in range(20)]
-    assert factors[:4] == pytest.approx([0.2, 0.4, 0.6, 0.8])
-    assert factors[4] == pytest.approx(1.0) and factors[12] == pytest.approx(0.5)
-    assert all(a >= b for a, b in itertools.pairwise(factors[4:]))
 
 
 def test_gradient_accumulation_matches_a_large_batch(tiny, breast_batch) -> None:
@@ -244,7 +249,7 @@ def test_bad_options(tmp_path: Path, shared_data, kwargs: dict, error: type, mat
     if "fewshot" not in kwargs and "shots" not in kwargs:
         options["fewshot"] = 0.1
     with pytest.raises(error, match=match):
-        adapt("clip-vit-b16", ["breastmnist"], out_dir=tmp_path / "x", data_root=shared_data,
+        _adapt("clip-vit-b16", ["breastmnist"], out_dir=tmp_path / "x", data_root=shared_data,
               **options)
     assert not (tmp_path / "x" / ADAPTER_CONFIG).exists()
 
@@ -252,4 +257,11 @@ def test_bad_options(tmp_path: Path, shared_data, kwargs: dict, error: type, mat
 def test_test_split_dataset_refused(tmp_path: Path, shared_data) -> None:
     test = load_medmnist("breastmnist", "test", root=shared_data, download=False)
     with pytest.raises(ValueError, match="'test' split"):
-        adapt("clip-vit-b16", [test], out_dir=tmp_path / "x", **RUN)
+        _adapt("clip-vit-b16", [test], out_dir=tmp_path / "x", **RUN)
+
+
+def test_config_is_saved_with_the_adapter_and_loaded_back(run_a: Path) -> None:
+    options = {k: v for k, v in RUN.items() if k not in _RUNTIME and k not in _LORA}
+    expected = AdaptConfig(**options, lora=LoraSettings(rank=RUN["rank"]))
+    assert AdaptConfig.from_adapter(_config(run_a)) == replace(expected, label=run_a.name)
+    assert AdaptConfig.from_dict(json.loads(json.dumps(expected.to_dict()))) == expected

@@ -1,9 +1,11 @@
 """Few-shot LoRA adaptation of medical vision-language models (RobustMedCLIP-style).
 
-``adapt(model, datasets, ...)`` trains a LoRA adapter on the vision tower with few-shot data
-and writes it (adapter weights + JSON config) to a folder; ``load_adapted_model(folder)``
-returns a model usable by the evaluation runner like any other; ``convert_robustmedclip``
-imports the official RobustMedCLIP LoRA files.
+``adapt(model, datasets, AdaptConfig(...), out_dir=...)`` trains a LoRA adapter on the vision
+tower with few-shot data and writes it (adapter weights + JSON config) to a folder;
+``load_adapted_model(folder)`` returns a model usable by the evaluation runner like any other;
+``convert_robustmedclip`` imports the official RobustMedCLIP LoRA files;
+``pretrain(out_dir, PretrainConfig(...))`` trains medrobust-mini. Both trainings share the
+pieces of ``training`` (schedule, optimizer stepping, training state).
 """
 
 from .checkpoint import (
@@ -13,6 +15,7 @@ from .checkpoint import (
     load_adapted_model,
     read_adapter_config,
 )
+from .config import AdaptConfig, PretrainConfig
 from .lora import (
     InertTargetError,
     LoraSettings,
@@ -21,8 +24,10 @@ from .lora import (
     merge_lora,
     resolve_targets,
 )
+from .pretrain import pretrain
 from .robustmedclip import convert_robustmedclip, read_robustmedclip_lora
-from .train import AdaptConfig, LoraTrainer, adapt
+from .train import LoraTrainer, adapt
+from .training import warmup_cosine
 
 __all__ = [
     "ADAPTER_CONFIG",
@@ -31,6 +36,7 @@ __all__ = [
     "InertTargetError",
     "LoraSettings",
     "LoraTrainer",
+    "PretrainConfig",
     "adapt",
     "apply_lora",
     "convert_robustmedclip",
@@ -38,7 +44,9 @@ __all__ = [
     "load_adapted_model",
     "lora_state_dict",
     "merge_lora",
+    "pretrain",
     "read_adapter_config",
     "read_robustmedclip_lora",
     "resolve_targets",
+    "warmup_cosine",
 ]

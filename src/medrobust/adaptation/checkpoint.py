@@ -7,8 +7,8 @@ An adapter folder holds only what training changed plus what is needed to rebuil
   sha256 of its vision-tower weights), LoRA settings and adapted modules, data, seeds, training
   settings, validation metrics, code version and the adapter's own sha256;
 - ``checkpoints/train_state.pt`` while/after training: adapter, optimizer, scheduler, epoch
-  and early-stopping state for resuming, written atomically each epoch and read with
-  ``torch.load(weights_only=True)``.
+  and early-stopping state for resuming (``training.save_train_state``, written atomically
+  each epoch and read with ``torch.load(weights_only=True)``).
 
 :func:`load_adapted_model` rebuilds the base, checks it is bit-identical to the one trained
 on, injects the LoRA layers and loads the weights: the result reproduces the trained model's
@@ -53,11 +53,9 @@ __all__ = [
     "base_source",
     "export_merged",
     "load_adapted_model",
-    "load_train_state",
     "prepare_base",
     "read_adapter_config",
     "save_adapter",
-    "save_train_state",
 ]
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -257,14 +255,3 @@ def export_merged(
     ``create_model(folder)`` loads like any model. ``kwargs`` go to :func:`load_adapted_model`."""
     model = load_adapted_model(adapter_dir, device, merge=True, **kwargs)
     return save_model(model, folder)
-
-
-def save_train_state(path: Path, state: Mapping[str, Any]) -> None:
-    """Write the resumable training state atomically (a crash never leaves a torn file)."""
-    with atomic_path(path) as tmp:
-        torch.save(dict(state), tmp)
-
-
-def load_train_state(path: Path) -> dict[str, Any]:
-    """Read a training state safely (tensors and plain containers only; no pickled code)."""
-    return torch.load(path, map_location="cpu", weights_only=True)

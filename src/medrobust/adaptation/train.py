@@ -23,7 +23,6 @@ resumable state written atomically each epoch. All randomness comes from generat
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import math
@@ -31,7 +30,6 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,22 +42,14 @@ from tqdm.auto import tqdm
 from medrobust.corruptions import RandomCorruption, derive_seed, get_suite, prepare_images
 from medrobust.corruptions.suites import REFERENCE_SIZE
 from medrobust.data import ImageDataset, open_dataset
-from medrobust.data.fewshot import check_not_test, sample_fewshot, split_fewshot
+from medrobust.data.fewshot import sample_fewshot, split_fewshot
 from medrobust.evaluation.metrics import cell_metrics
 from medrobust.models import ModelAdapter
 from medrobust.models.zeroshot import ZeroShotClassifier
 
-from .checkpoint import (
-    ADAPTER_CONFIG,
-    STATE_FILE,
-    base_source,
-    load_train_state,
-    prepare_base,
-    save_adapter,
-    save_train_state,
-)
+from .checkpoint import ADAPTER_CONFIG, STATE_FILE, base_source, prepare_base, save_adapter
+from .config import MONITORS, PRECISIONS, AdaptConfig
 from .lora import (
-    LoraSettings,
     apply_lora,
     detect_architecture,
     load_lora_state_dict,
@@ -68,105 +58,18 @@ from .lora import (
     set_lora_training,
     vision_fingerprint,
 )
+from .training import (
+    Stepper,
+    improved,
+    load_train_state,
+    save_train_state,
+    warmup_cosine_scheduler,
+)
 
-__all__ = ["MONITORS", "PRECISIONS", "AdaptConfig", "LoraTrainer", "adapt", "cosine_warmup"]
+__all__ = ["MONITORS", "PRECISIONS", "AdaptConfig", "LoraTrainer", "adapt"]
 
-PRECISIONS = ("auto", "fp32", "bf16")
-MONITORS = ("balanced_accuracy", "loss")
 _DEVICE_BYTES = 2 << 30  # few-shot images up to this size live on the accelerator
 _CACHE_BYTES = 4 << 30  # few-shot images up to this size are resized once, not every step
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
-def _check_number(name: str, value: Any, low: float, high: float, *, open_low: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if (value <= low if open_low else value < low) or value > high:
-        bracket = "(" if open_low else "["
-        raise ValueError(f"{name} must lie in {bracket}{low}, {high}], got {value!r}")
-
-
-@dataclass(frozen=True)
-class AdaptConfig:
-    """Validated data, augmentation and optimisation settings of one adaptation run."""
-
-    fewshot: float | None = None
-    shots: int | None = None
-    fewshot_split: str = "train"
-    val_split: str = "val"
-    val_limit: int | None = None
-    data_size: int = 28
-    resize: bool = True
-    templates: str | tuple[str, ...] | None = None
-    joint_labels: bool = False
-    augment_suite: str | None = None
-    exclude_corruptions: tuple[str, ...] = ()
-    augment_p: float = 0.5
-    epochs: int = 20
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    batch_size: int = 64
-    grad_accum: int = 1
-    warmup: float | int = 0.05
-    patience: int | None = 5
-    monitor: str = "balanced_accuracy"
-    precision: str = "auto"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.fewshot is not None and self.shots is not None:
-            raise ValueError("give fewshot (a fraction) or shots (images per class), not both")
-        if self.fewshot is not None:
-            _check_number("fewshot", self.fewshot, 0.0, 1.0, open_low=True)
-        if self.shots is not None:
-            _check_int("shots", self.shots, 1)
-        check_not_test(self.fewshot_split)
-        check_not_test(self.val_split, "validation data (checkpoint selection)")
-        if self.val_limit is not None:
-            _check_int("val_limit", self.val_limit, 1)
-        _check_int("data_size", self.data_size, 1)
-        if self.augment_suite is None and self.exclude_corruptions:
-            raise ValueError("exclude_corruptions needs augment_suite")
-        object.__setattr__(self, "exclude_corruptions", tuple(self.exclude_corruptions))
-        if isinstance(self.templates, list):
-            object.__setattr__(self, "templates", tuple(self.templates))
-        _check_number("augment_p", self.augment_p, 0.0, 1.0, open_low=False)
-        _check_int("epochs", self.epochs, 1)
-        _check_number("lr", self.lr, 0.0, math.inf, open_low=True)
-        _check_number("weight_decay", self.weight_decay, 0.0, math.inf, open_low=False)
-        _check_int("batch_size", self.batch_size, 1)
-        _check_int("grad_accum", self.grad_accum, 1)
-        if isinstance(self.warmup, float):
-            if not 0.0 <= self.warmup < 1.0:
-                raise ValueError(
-                    f"warmup as a float is a fraction of the steps in [0, 1), got {self.warmup!r}"
-                )
-        else:
-            _check_int("warmup", self.warmup, 0)
-        if self.patience is not None:
-            _check_int("patience", self.patience, 1)
-        if self.monitor not in MONITORS:
-            raise ValueError(f"monitor must be one of {MONITORS}, got {self.monitor!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        _check_int("seed", self.seed, 0)
-
-    def warmup_steps(self, total_steps: int) -> int:
-        if isinstance(self.warmup, float):
-            return round(self.warmup * total_steps)
-        return min(int(self.warmup), total_steps)
-
-
-def cosine_warmup(step: int, *, warmup: int, total: int) -> float:
-    """Learning-rate factor: linear warm-up over ``warmup`` steps, then cosine decay to 0."""
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -205,15 +108,24 @@ class LoraTrainer:
         self.device = self.params[0].device
         self.heads = [h.to(self.device, torch.float32) for h in heads]
         self.scale = float(model.logit_scale)
-        self.grad_accum = int(grad_accum)
         self.amp_dtype = amp_dtype
         self.resize_to = resize_to
-        self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, partial(cosine_warmup, warmup=warmup_steps, total=total_steps)
-        )
-        self.pending = 0  # batches accumulated since the last optimizer step
-        self.steps = 0  # optimizer steps taken
+        optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
+        scheduler = warmup_cosine_scheduler(optimizer, warmup=warmup_steps, total=total_steps)
+        self.stepper = Stepper(optimizer, scheduler, grad_accum=grad_accum)
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.stepper.optimizer
+
+    @property
+    def scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+        return self.stepper.scheduler
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps taken."""
+        return self.stepper.steps
 
     def loss(
         self,
@@ -250,40 +162,18 @@ class LoraTrainer:
         """Forward and backward of one batch; steps the optimizer every ``grad_accum`` batches.
         Returns the batch's loss (detached, on the device: no synchronisation)."""
         loss = self.loss(images, labels, head, augment=augment, generator=generator)
-        (loss / self.grad_accum).backward()
-        self.pending += 1
-        if self.pending == self.grad_accum:
-            self._step()
+        self.stepper.backward(loss)
         return loss.detach()
 
     def flush(self) -> None:
         """Apply a partial accumulation (end of epoch), rescaled to a mean over its batches."""
-        if self.pending:
-            factor = self.grad_accum / self.pending
-            for p in self.params:
-                if p.grad is not None:
-                    p.grad.mul_(factor)
-            self._step()
-
-    def _step(self) -> None:
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.pending = 0
-        self.steps += 1
+        self.stepper.flush(self.params)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "steps": self.steps,
-        }
+        return self.stepper.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.steps = int(state["steps"])
-        self.pending = 0
+        self.stepper.load_state_dict(state)
 
 
 @dataclass
@@ -493,47 +383,15 @@ def _validate(
     return {"mean": mean, "datasets": per}
 
 
-def _improved(value: float, best: float | None, monitor: str) -> bool:
-    if best is None:
-        return True
-    return value > best if monitor == "balanced_accuracy" else value < best
-
-
 def adapt(
     model: str | ModelAdapter,
     datasets: Sequence[str | ImageDataset],
+    config: AdaptConfig | None = None,
     *,
     out_dir: str | Path,
-    fewshot: float | None = None,
-    shots: int | None = None,
-    rank: int = 16,
-    alpha: float | None = None,
-    dropout: float = 0.0,
-    targets: str | Sequence[str] | None = None,
-    augment_suite: str | None = None,
-    exclude_corruptions: Sequence[str] = (),
-    augment_p: float = 0.5,
-    epochs: int = 20,
-    lr: float = 1e-4,
-    weight_decay: float = 1e-4,
-    batch_size: int = 64,
-    grad_accum: int = 1,
-    warmup: float | int = 0.05,
-    patience: int | None = 5,
-    monitor: str = "balanced_accuracy",
-    joint_labels: bool = False,
-    templates: str | Sequence[str] | None = None,
-    fewshot_split: str = "train",
-    val_split: str = "val",
-    val_limit: int | None = None,
     data_root: str | Path | None = None,
-    data_size: int = 28,
-    resize: bool = True,
-    precision: str = "auto",
     device: str | torch.device = "cpu",
-    seed: int = 0,
     model_kwargs: Mapping[str, Any] | None = None,
-    label: str | None = None,
     resume: bool = True,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
@@ -546,40 +404,23 @@ def adapt(
             or a ready model (copied, never modified).
         datasets: names ``open_dataset`` resolves (MedMNIST flags, .npz files, folders), or
             ``ImageDataset``s of a train/val split (validated on the rest of that split).
-        fewshot / shots: a fraction in (0, 1] of each class (the paper's 0.01, 0.03, 0.07,
-            0.10) or k images per class, drawn from ``fewshot_split``; neither = all of it.
-        rank, alpha (None = rank), dropout, targets: LoRA settings (see ``LoraSettings``).
-        augment_suite, exclude_corruptions, augment_p: training-time corruptions from a suite
-            (each image corrupted with probability ``augment_p``), minus the excluded ones.
-        epochs, lr, weight_decay, batch_size, grad_accum, warmup (fraction of the steps if a
-            float < 1, else steps), patience (epochs without improvement; None = no early
-            stop), monitor ('balanced_accuracy' or 'loss'): optimisation and selection.
-        joint_labels: score every batch against all datasets' classes (``dataset/class``).
-        templates: prompt templates (default: the model's own, as in ``medrobust eval``).
-        val_split, val_limit: validation data (never 'test'); a stratified subset of about
-            ``val_limit`` images per dataset (each class rounded, at least one).
-        data_root, data_size, resize: where datasets are read, which MedMNIST size, and
-            whether images are first resized to the suite's 224 px as in ``medrobust eval``.
-        precision: 'auto' (bf16 autocast on GPU, fp32 on CPU), 'fp32' or 'bf16'.
+        config: what to train (data, augmentation, optimisation, LoRA; see ``AdaptConfig``);
+            None: the defaults. It is saved in the adapter's JSON
+            (``AdaptConfig.from_adapter`` reads it back).
+        data_root: where datasets given by name are read.
         resume: continue from ``out_dir``'s last epoch if it holds this same run.
+        progress: show a progress bar per epoch; ``log`` receives one line per epoch.
         callback: called after each epoch with its record (as stored in the history).
 
     Raises:
         ValueError / TypeError: invalid options (the message says what is allowed).
         FileExistsError: ``out_dir`` holds another run, or this run with ``resume=False``.
     """
-    settings = LoraSettings(rank=rank, alpha=alpha, dropout=dropout, targets=targets)
-    cfg = AdaptConfig(
-        fewshot=fewshot, shots=shots, fewshot_split=fewshot_split, val_split=val_split,
-        val_limit=val_limit, data_size=data_size, resize=resize, templates=templates,
-        joint_labels=joint_labels, augment_suite=augment_suite,
-        exclude_corruptions=tuple(exclude_corruptions), augment_p=augment_p, epochs=epochs, lr=lr,
-        weight_decay=weight_decay, batch_size=batch_size, grad_accum=grad_accum, warmup=warmup,
-        patience=patience, monitor=monitor, precision=precision, seed=seed,
-    )
+    cfg = AdaptConfig() if config is None else config
+    if not isinstance(cfg, AdaptConfig):
+        raise TypeError(f"config must be an AdaptConfig, got {type(cfg).__name__}")
     if isinstance(datasets, (str, ImageDataset)) or not datasets:
         raise ValueError("datasets must be a non-empty list of dataset names or ImageDatasets")
-    say = log or (lambda _msg: None)
     out = Path(out_dir).expanduser()
     dev = torch.device(device)
     kwargs = dict(model_kwargs or {})
@@ -605,7 +446,7 @@ def adapt(
             precision="bf16" if amp is not None else "fp32",
         )
     heads, joint_keys = _heads(tasks, cfg.joint_labels)
-    modules = apply_lora(net, settings, seed=_epoch_seed(cfg.seed, "lora-init", 0))
+    modules = apply_lora(net, cfg.lora, seed=_epoch_seed(cfg.seed, "lora-init", 0))
     reference = tasks[0].augment.suite.reference_size if tasks[0].augment else REFERENCE_SIZE
     resize_to = reference if cfg.resize else None
     per_step_resize = _stage_images(tasks, resize_to, dev)
@@ -618,32 +459,64 @@ def adapt(
         warmup_steps=cfg.warmup_steps(total_steps), grad_accum=cfg.grad_accum, amp_dtype=amp,
         resize_to=per_step_resize,
     )
-    config: dict[str, Any] = {
-        "label": label or out.name,
+    record = _adapter_record(
+        _RecordParts(cfg, out, base, net, modules, tasks, augmentation, joint_keys, resize_to,
+                     amp, trainer, steps_per_epoch, total_steps)
+    )
+    run = _Run(net, tasks, trainer, cfg, record, out, dev, resize_to)
+    return _train(run, resume=resume, progress=progress, say=log or (lambda _msg: None),
+                  callback=callback)
+
+
+@dataclass
+class _RecordParts:
+    """What the adapter's JSON record is assembled from."""
+
+    cfg: AdaptConfig
+    out: Path
+    base: dict[str, Any]
+    net: ModelAdapter
+    modules: list[str]
+    tasks: Sequence[_Task]
+    augmentation: dict[str, Any] | None
+    joint_keys: list[str] | None
+    resize_to: int | None
+    amp: torch.dtype | None
+    trainer: LoraTrainer
+    steps_per_epoch: int
+    total_steps: int
+
+
+def _adapter_record(p: _RecordParts) -> dict[str, Any]:
+    """The adapter's JSON record (its keys are the on-disk format: keep them) and the run's
+    fingerprint, which identifies the same run when resuming."""
+    cfg, settings = p.cfg, p.cfg.lora
+    record: dict[str, Any] = {
+        "label": cfg.label or p.out.name,
         "source": {"kind": "trained"},
-        "base": base,
+        "base": p.base,
         "lora": {
             **settings.to_dict(),
             "lora_alpha": settings.lora_alpha,
             "scaling": settings.scaling,
-            "architecture": getattr(detect_architecture(net.vision_module), "name", None),
-            "modules": modules,
+            "architecture": getattr(detect_architecture(p.net.vision_module), "name", None),
+            "modules": p.modules,
         },
         "data": {
-            "datasets": [t.record for t in tasks],
+            "datasets": [t.record for t in p.tasks],
             "fewshot": cfg.fewshot,
             "shots": cfg.shots,
             "fewshot_split": cfg.fewshot_split,
             "val_split": cfg.val_split,
             "val_limit": cfg.val_limit,
             "data_size": cfg.data_size,
-            "resize_to": resize_to,
+            "resize_to": p.resize_to,
             "templates": cfg.templates,
-            "prompts": {t.name: t.classifier.prompts for t in tasks},
+            "prompts": {t.name: t.classifier.prompts for t in p.tasks},
             "label_space": "joint" if cfg.joint_labels else "per-dataset",
-            "joint_classes": joint_keys,
+            "joint_classes": p.joint_keys,
         },
-        "augmentation": augmentation,
+        "augmentation": p.augmentation,
         "training": {
             **{k: getattr(cfg, k) for k in (
                 "epochs", "lr", "weight_decay", "batch_size", "grad_accum", "warmup",
@@ -651,11 +524,11 @@ def adapt(
             )},
             "optimizer": "AdamW",
             "schedule": "linear warm-up, then cosine decay to 0 (per optimizer step)",
-            "amp": str(amp).replace("torch.", "") if amp is not None else None,
-            "steps_per_epoch": steps_per_epoch,
-            "total_steps": total_steps,
-            "warmup_steps": cfg.warmup_steps(total_steps),
-            "trainable_parameters": sum(p.numel() for p in trainer.params),
+            "amp": str(p.amp).replace("torch.", "") if p.amp is not None else None,
+            "steps_per_epoch": p.steps_per_epoch,
+            "total_steps": p.total_steps,
+            "warmup_steps": cfg.warmup_steps(p.total_steps),
+            "trainable_parameters": sum(q.numel() for q in p.trainer.params),
         },
         "seeds": {
             "seed": cfg.seed,
@@ -664,48 +537,55 @@ def adapt(
             "per_epoch": "derive_seed(seed, 'adapt/<batches|augment|dropout>', 0, epoch)",
         },
     }
-    fingerprint = hashlib.sha256(
-        json.dumps(
-            {
-                "base": {k: base[k] for k in ("name", "weights_hash", "vision_sha256")},
-                "lora": config["lora"],
-                "cfg": dataclasses.asdict(cfg),
-                "amp": str(amp),
-                "data": [{k: v for k, v in t.record.items() if k != "source"} for t in tasks],
-            },
-            sort_keys=True,
-            default=str,
-        ).encode()
+    identity = {
+        "base": {k: p.base[k] for k in ("name", "weights_hash", "vision_sha256")},
+        "lora": record["lora"],
+        "cfg": cfg.run_settings(),
+        "amp": str(p.amp),
+        "data": [{k: v for k, v in t.record.items() if k != "source"} for t in p.tasks],
+    }
+    record["run_fingerprint"] = hashlib.sha256(
+        json.dumps(identity, sort_keys=True, default=str).encode()
     ).hexdigest()
-    config["run_fingerprint"] = fingerprint
-    return _train(net, tasks, trainer, cfg, config, fingerprint, out, dev, resize_to, resume,
-                  progress, say, callback)
+    return record
 
 
-def _train(
-    net: ModelAdapter,
-    tasks: Sequence[_Task],
-    trainer: LoraTrainer,
-    cfg: AdaptConfig,
-    config: dict[str, Any],
-    fingerprint: str,
-    out: Path,
-    dev: torch.device,
-    resize_to: int | None,
-    resume: bool,
-    progress: bool,
-    say: Callable[[str], None],
-    callback: Callable[[dict[str, Any]], None] | None,
-) -> Path:
-    """The epoch loop: resume, train, validate, select, checkpoint, stop early, finish."""
-    state_path = out / STATE_FILE
-    history: list[dict[str, Any]] = []
+@dataclass
+class _Run:
+    """One adaptation run, ready to train."""
+
+    net: ModelAdapter
+    tasks: Sequence[_Task]
+    trainer: LoraTrainer
+    cfg: AdaptConfig
+    record: dict[str, Any]
+    out: Path
+    dev: torch.device
+    resize_to: int | None
+
+    @property
+    def fingerprint(self) -> str:
+        return self.record["run_fingerprint"]
+
+
+@dataclass
+class _Progress:
+    """Where the epoch loop stands (and what a resumed run restores)."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] | None = None
-    best_lora: dict[str, Tensor] = {}
-    bad_epochs, start = 0, 0
+    best_lora: dict[str, Tensor] = field(default_factory=dict)
+    bad_epochs: int = 0
+    start: int = 0
+    finished: bool = False
+
+
+def _restore(run: _Run, resume: bool, say: Callable[[str], None]) -> _Progress:
+    """Resume from the run's state file, refuse a folder holding another run, or start."""
+    out, state_path = run.out, run.out / STATE_FILE
     if state_path.is_file():
         state = load_train_state(state_path)
-        if state.get("fingerprint") != fingerprint:
+        if state.get("fingerprint") != run.fingerprint:
             raise FileExistsError(
                 f"{out} holds a different adaptation run (other model, data or settings); "
                 "choose another out_dir"
@@ -714,80 +594,104 @@ def _train(
             raise FileExistsError(f"{out} already holds this run; pass resume=True to continue")
         if state.get("finished"):
             say(f"{out}: already trained ({state['epoch']} epochs); nothing to do")
-            return out
-        load_lora_state_dict(net, state["lora"])
-        trainer.load_state_dict(state["trainer"])
-        history, best = list(state["history"]), dict(state["best"])
-        best_lora = dict(state["best_lora"])
-        bad_epochs, start = int(state["bad_epochs"]), int(state["epoch"]) + 1
+            return _Progress(finished=True)
+        load_lora_state_dict(run.net, state["lora"])
+        run.trainer.load_state_dict(state["trainer"])
         say(f"{out}: resuming after epoch {state['epoch']}")
-    elif (out / ADAPTER_CONFIG).exists():
+        return _Progress(list(state["history"]), dict(state["best"]), dict(state["best_lora"]),
+                         int(state["bad_epochs"]), int(state["epoch"]) + 1)
+    if (out / ADAPTER_CONFIG).exists():
         previous = json.loads((out / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-        if previous.get("run_fingerprint") != fingerprint:
+        if previous.get("run_fingerprint") != run.fingerprint:
             raise FileExistsError(f"{out} already holds an adapter; choose another out_dir")
+    return _Progress()
 
-    patience_spent = cfg.patience is not None and bad_epochs >= cfg.patience
-    stopped_early = patience_spent and start <= cfg.epochs
-    for epoch in range(start, 0 if patience_spent else cfg.epochs + 1):
-        started = time.perf_counter()
-        train_loss = None
-        if epoch > 0:
-            train_loss = _train_epoch(net, tasks, trainer, cfg, epoch, dev, progress)
-        set_lora_training(net, False)
-        val = _validate(tasks, cfg.batch_size, resize_to, dev)
-        value = val["mean"][cfg.monitor]
-        improved = _improved(value, None if best is None else best["value"], cfg.monitor)
-        record = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "lr": trainer.scheduler.get_last_lr()[0],
-            "optimizer_steps": trainer.steps,
-            "validation": val,
-            "improved": improved,
-            "seconds": time.perf_counter() - started,
-        }
-        history.append(record)
-        lora = lora_state_dict(net)
-        if improved:
-            best = {"epoch": epoch, "value": value, "validation": val}
-            best_lora, bad_epochs = lora, 0
-        else:
-            bad_epochs += 1
-        stop = cfg.patience is not None and bad_epochs >= cfg.patience
-        finished = stop or epoch == cfg.epochs
+
+def _train(
+    run: _Run,
+    *,
+    resume: bool,
+    progress: bool,
+    say: Callable[[str], None],
+    callback: Callable[[dict[str, Any]], None] | None,
+) -> Path:
+    """The epoch loop: resume, train, validate, select, checkpoint, stop early, finish."""
+    cfg, out, state_path = run.cfg, run.out, run.out / STATE_FILE
+    done = _restore(run, resume, say)
+    if done.finished:
+        return out
+    patience_spent = cfg.patience is not None and done.bad_epochs >= cfg.patience
+    stopped_early = patience_spent and done.start <= cfg.epochs
+    for epoch in range(done.start, 0 if patience_spent else cfg.epochs + 1):
+        record = _run_epoch(run, epoch, done, progress)
+        stop = cfg.patience is not None and done.bad_epochs >= cfg.patience
         save_train_state(state_path, {
-            "fingerprint": fingerprint,
+            "fingerprint": run.fingerprint,
             "epoch": epoch,
             "finished": False,
-            "lora": lora,
-            "best_lora": best_lora,
-            "trainer": trainer.state_dict(),
-            "history": history,
-            "best": best,
-            "bad_epochs": bad_epochs,
+            "lora": record.pop("_lora"),
+            "best_lora": done.best_lora,
+            "trainer": run.trainer.state_dict(),
+            "history": done.history,
+            "best": done.best,
+            "bad_epochs": done.bad_epochs,
             "rng": {"seed": cfg.seed, "next_epoch": epoch + 1},
         })
-        if improved:  # after the state: the state alone is enough to finish the run
-            save_adapter(net, out, _final_config(config, history, best, cfg, complete=False))
-        loss_text = "-" if train_loss is None else f"{train_loss:.4f}"
-        say(f"epoch {epoch}/{cfg.epochs}: train loss {loss_text}, val {cfg.monitor} "
-            f"{value:.4f}{' (best)' if improved else ''}")
+        if record["improved"]:  # after the state: the state alone is enough to finish the run
+            save_adapter(run.net, out, _final_config(run.record, done, cfg, complete=False))
+        loss = record["train_loss"]
+        say(f"epoch {epoch}/{cfg.epochs}: train loss {'-' if loss is None else f'{loss:.4f}'}, "
+            f"val {cfg.monitor} {done.history[-1]['validation']['mean'][cfg.monitor]:.4f}"
+            f"{' (best)' if record['improved'] else ''}")
         if callback is not None:
             callback(record)
         if stop and epoch != cfg.epochs:
             stopped_early = True
             say(f"early stop: no improvement for {cfg.patience} epochs")
-        if finished:
+        if stop or epoch == cfg.epochs:
             break
 
+    best = done.best
     assert best is not None
-    load_lora_state_dict(net, best_lora)
-    final = _final_config(config, history, best, cfg, complete=True, stopped_early=stopped_early)
-    save_adapter(net, out, final)
+    load_lora_state_dict(run.net, done.best_lora)
+    final = _final_config(run.record, done, cfg, complete=True, stopped_early=stopped_early)
+    save_adapter(run.net, out, final)
     state = load_train_state(state_path)
     save_train_state(state_path, {**state, "finished": True})
     say(f"adapter written to {out} (best epoch {best['epoch']}: {cfg.monitor} {best['value']:.4f})")
     return out
+
+
+def _run_epoch(run: _Run, epoch: int, done: _Progress, progress: bool) -> dict[str, Any]:
+    """Train one epoch (epoch 0: none, the base model), validate it and update ``done``.
+    Returns the epoch's history record, with its LoRA weights under ``_lora``."""
+    cfg = run.cfg
+    started = time.perf_counter()
+    train_loss = None
+    if epoch > 0:
+        train_loss = _train_epoch(run.net, run.tasks, run.trainer, cfg, epoch, run.dev, progress)
+    set_lora_training(run.net, False)
+    val = _validate(run.tasks, cfg.batch_size, run.resize_to, run.dev)
+    value = val["mean"][cfg.monitor]
+    best_value = None if done.best is None else done.best["value"]
+    better = improved(value, best_value, higher_is_better=cfg.monitor == "balanced_accuracy")
+    record = {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "lr": run.trainer.scheduler.get_last_lr()[0],
+        "optimizer_steps": run.trainer.steps,
+        "validation": val,
+        "improved": better,
+        "seconds": time.perf_counter() - started,
+    }
+    done.history.append(record)
+    lora = lora_state_dict(run.net)
+    if better:
+        done.best = {"epoch": epoch, "value": value, "validation": val}
+        done.best_lora, done.bad_epochs = lora, 0
+    else:
+        done.bad_epochs += 1
+    return {**record, "_lora": lora}
 
 
 def _train_epoch(
@@ -827,22 +731,23 @@ def _train_epoch(
 
 def _final_config(
     config: Mapping[str, Any],
-    history: list[dict[str, Any]],
-    best: Mapping[str, Any],
+    done: _Progress,
     cfg: AdaptConfig,
     *,
     complete: bool,
     stopped_early: bool = False,
 ) -> dict[str, Any]:
+    best = done.best
+    assert best is not None
     return {
         **config,
         "validation": {
             "monitor": cfg.monitor,
             "best_epoch": best["epoch"],
             "best": best["validation"],
-            "epochs_run": history[-1]["epoch"],
+            "epochs_run": done.history[-1]["epoch"],
             "stopped_early": stopped_early,
-            "history": history,
+            "history": done.history,
         },
         "complete": complete,
     }

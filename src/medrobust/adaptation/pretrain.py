@@ -35,18 +35,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..corruptions import prepare_images
-from ..data import ImageDataset, load_medmnist
-from ..evaluation.metrics import accuracy, balanced_accuracy
-from .base import ModelAdapter
-from .prompts import build_prompts
-from .registry import create_model, save_model
-from .weights import sha256_files
-from .zeroshot import ZeroShotClassifier, clear_text_cache
+from medrobust.corruptions import prepare_images
+from medrobust.data import ImageDataset, load_medmnist
+from medrobust.evaluation.metrics import accuracy, balanced_accuracy
+from medrobust.models import ModelAdapter, create_model, save_model
+from medrobust.models.prompts import build_prompts
+from medrobust.models.weights import sha256_files
+from medrobust.models.zeroshot import ZeroShotClassifier, clear_text_cache
+
+from .config import DEFAULT_PRETRAIN_DATASETS, PretrainConfig
+from .training import Stepper, improved, warmup_cosine_scheduler
 
 __all__ = [
     "CAPTION_TEMPLATES",
     "DEFAULT_DATASETS",
+    "PretrainConfig",
     "PretrainResult",
     "batch_loss",
     "build_captions",
@@ -56,7 +59,7 @@ __all__ = [
 ]
 
 MODEL_NAME = "medrobust-mini"
-DEFAULT_DATASETS: tuple[str, ...] = ("breastmnist", "pneumoniamnist", "retinamnist")
+DEFAULT_DATASETS = DEFAULT_PRETRAIN_DATASETS
 # The evaluation resizes 28 px images to the corruption suites' reference size first.
 REFERENCE_SIZE = 224
 # Caption templates with named fields; the named template sets below are added to them so that
@@ -228,14 +231,6 @@ def _param_groups(model: ModelAdapter, weight_decay: float) -> list[dict[str, An
     ]
 
 
-def _lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up, then cosine decay to zero."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
 def _validate(model: ModelAdapter, val: _Split) -> dict[str, dict[str, float]]:
     """Zero-shot scores per dataset, as the benchmark computes them (default templates)."""
     model.eval()
@@ -270,36 +265,72 @@ class PretrainResult:
     log: dict[str, Any]
 
 
-def _check_args(
-    counts: Mapping[str, int], lr: float, weight_decay: float, limit: int | None
-) -> None:
-    for name, value in counts.items():
-        minimum = 0 if name == "warmup_steps" else 1
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
-    if not weight_decay >= 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a positive int or None, got {limit!r}")
+@dataclass
+class _Captions:
+    """The caption bank: tokens of every (class, template) caption, ``per_class`` per class."""
+
+    tokens: dict[str, Tensor]
+    per_class: int
+    count: int
+
+
+def _caption_bank(model: ModelAdapter, train: _Split, device: torch.device) -> _Captions:
+    captions = [c for d in train.datasets for per_class in build_captions(
+        d.class_names, d.modality) for c in per_class]
+    per_class = len(captions) // int(train.classes.max() + 1)
+    tokens = {k: v.to(device) for k, v in model.tokenize(captions).items()}
+    return _Captions(tokens, per_class, len(captions))
+
+
+def _stepper(model: ModelAdapter, cfg: PretrainConfig, total: int) -> Stepper:
+    """AdamW (open_clip's betas and eps) with the shared warm-up + cosine schedule (the peak
+    reached within the warm-up, as the shipped weights were trained), the learned temperature
+    clamped after every step."""
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6
+    )
+    scheduler = warmup_cosine_scheduler(
+        optimizer, warmup=min(cfg.warmup_steps, total), total=total, peak_in_warmup=True
+    )
+    logit_scale = model.model.logit_scale
+    return Stepper(optimizer, scheduler,
+                   after_step=lambda: logit_scale.clamp_(0.0, _MAX_LOGIT_SCALE))
+
+
+def _train_epoch(
+    model: ModelAdapter,
+    train: _Split,
+    bank: _Captions,
+    stepper: Stepper,
+    cfg: PretrainConfig,
+    generator: torch.Generator,
+) -> list[float]:
+    """One epoch of class-balanced batches; returns the loss of each step."""
+    model.train()
+    weights = _sampling_weights(train)
+    order = torch.multinomial(weights, len(train.labels), replacement=True, generator=generator)
+    losses = []
+    for batch in range(math.ceil(len(train.labels) / cfg.batch_size)):
+        rows = order[batch * cfg.batch_size : (batch + 1) * cfg.batch_size]
+        pixels = random_resized_crop_flip(train.pixels[rows].float(), generator)
+        classes = train.classes[rows]
+        # A few templates per step keep the text tower's batch (unique captions) small.
+        step_templates = torch.randperm(bank.per_class, generator=generator)
+        step_templates = step_templates[: cfg.templates_per_step]
+        pick = torch.randint(len(step_templates), (len(rows),), generator=generator)
+        caption = classes * bank.per_class + step_templates[pick]
+        loss = batch_loss(model, pixels, bank.tokens, caption, classes)
+        stepper.backward(loss)
+        losses.append(float(loss.detach()))
+    return losses
 
 
 def pretrain(
     out_dir: str | Path,
-    datasets: Sequence[str] = DEFAULT_DATASETS,
-    data_root: str | Path | None = None,
+    config: PretrainConfig | None = None,
     *,
-    epochs: int = 30,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    weight_decay: float = 0.05,
-    warmup_steps: int = 50,
-    templates_per_step: int = 3,
-    seed: int = 0,
+    data_root: str | Path | None = None,
     device: str | torch.device = "cpu",
-    limit: int | None = None,
-    tiny: bool = False,
     log: Callable[[str], None] = print,
 ) -> PretrainResult:
     """Train ``medrobust-mini`` and write it to ``out_dir`` (``create_model(out_dir)`` loads it).
@@ -307,118 +338,93 @@ def pretrain(
     Args:
         out_dir: output folder: ``medrobust_model.json`` + ``model.safetensors`` (float16
             weights of the best epoch, the file shipped as the registry's weights) and
-            ``pretrain_log.json`` (arguments, per-epoch loss and validation scores, timing).
-        datasets: MedMNIST 2D flags of single-label datasets; their train splits are used.
+            ``pretrain_log.json`` (settings, per-epoch loss and validation scores, timing;
+            ``PretrainConfig.from_log`` reads the settings back).
+        config: what to train (see ``PretrainConfig``); None: the defaults that trained the
+            shipped weights.
         data_root: data folder (default ``$MEDROBUST_DATA``); files are downloaded if absent.
-        epochs: passes of ``N`` sampled images each (``N`` = the train images of all datasets).
-        batch_size, lr, weight_decay, warmup_steps: AdamW with linear warm-up, cosine decay.
-        templates_per_step: each step draws this many caption templates and every image one
-            of them (fewer distinct captions per step: a cheaper text tower pass).
-        seed: seeds the initialisation, sampling, caption choice and augmentation.
-        limit: only the first ``limit`` images of each split (smoke tests).
-        tiny: train the registry's tiny config instead (tests).
         log: progress lines go here.
     """
-    counts = {"epochs": epochs, "batch_size": batch_size, "warmup_steps": warmup_steps,
-              "templates_per_step": templates_per_step}
-    _check_args(counts, lr, weight_decay, limit)
-    if isinstance(datasets, str) or not datasets:
-        raise ValueError("datasets must be a non-empty sequence of MedMNIST flags")
+    cfg = PretrainConfig() if config is None else config
+    if not isinstance(cfg, PretrainConfig):
+        raise TypeError(f"config must be a PretrainConfig, got {type(cfg).__name__}")
     start, cpu_start = time.perf_counter(), time.process_time()
     out = Path(out_dir).expanduser()
     device = torch.device(device)
-    model = create_model(MODEL_NAME, pretrained=False, device=device, tiny=tiny, seed=seed)
-    train = _load_split(model, datasets, "train", data_root, limit)
-    val = _load_split(model, datasets, "val", data_root, limit)
-
-    captions = [c for d in train.datasets for per_class in build_captions(
-        d.class_names, d.modality) for c in per_class]
-    per_class = len(captions) // int(train.classes.max() + 1)
-    tokens = {k: v.to(device) for k, v in model.tokenize(captions).items()}
-    generator = torch.Generator().manual_seed(seed)
-    weights = _sampling_weights(train)
-    steps_per_epoch = math.ceil(len(train.labels) / batch_size)
-    total = epochs * steps_per_epoch
-    optimizer = torch.optim.AdamW(
-        _param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: _lr_factor(s, min(warmup_steps, total), total)
-    )
-    logit_scale = model.model.logit_scale
+    model = create_model(MODEL_NAME, pretrained=False, device=device, tiny=cfg.tiny, seed=cfg.seed)
+    train = _load_split(model, cfg.datasets, "train", data_root, cfg.limit)
+    val = _load_split(model, cfg.datasets, "val", data_root, cfg.limit)
+    bank = _caption_bank(model, train, device)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    steps_per_epoch = math.ceil(len(train.labels) / cfg.batch_size)
+    stepper = _stepper(model, cfg, cfg.epochs * steps_per_epoch)
     log(f"pretrain {MODEL_NAME}: {len(train.labels)} train / {len(val.labels)} val images, "
-        f"{len(captions)} captions, {epochs} epochs x {steps_per_epoch} steps of {batch_size}")
+        f"{bank.count} captions, {cfg.epochs} epochs x {steps_per_epoch} steps of "
+        f"{cfg.batch_size}")
 
     history: list[dict[str, Any]] = []
     best_state: dict[str, Tensor] = {}
-    best_epoch, best_score = 0, -1.0
-    for epoch in range(1, epochs + 1):
-        model.train()
-        order = torch.multinomial(weights, len(train.labels), replacement=True, generator=generator)
-        losses = []
-        for batch in range(steps_per_epoch):
-            rows = order[batch * batch_size : (batch + 1) * batch_size]
-            pixels = random_resized_crop_flip(train.pixels[rows].float(), generator)
-            classes = train.classes[rows]
-            # A few templates per step keep the text tower's batch (unique captions) small.
-            step_templates = torch.randperm(per_class, generator=generator)[:templates_per_step]
-            pick = torch.randint(len(step_templates), (len(rows),), generator=generator)
-            caption = classes * per_class + step_templates[pick]
-            loss = batch_loss(model, pixels, tokens, caption, classes)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            with torch.no_grad():
-                logit_scale.clamp_(0.0, _MAX_LOGIT_SCALE)
-            losses.append(float(loss.detach()))
+    best_epoch, best_score = 0, None
+    for epoch in range(1, cfg.epochs + 1):
+        losses = _train_epoch(model, train, bank, stepper, cfg, generator)
         scores = _validate(model, val)
         score = sum(s["balanced_accuracy"] for s in scores.values()) / len(scores)
         history.append({
             "epoch": epoch, "loss": sum(losses) / len(losses), "step_losses": losses,
             "val": scores, "val_mean_balanced_accuracy": score,
-            "logit_scale": float(logit_scale.detach().exp()),
+            "logit_scale": float(model.model.logit_scale.detach().exp()),
             "seconds": time.perf_counter() - start,
             "cpu_seconds": time.process_time() - cpu_start,
         })
         per_dataset = ", ".join(f"{k} {v['balanced_accuracy']:.3f}" for k, v in scores.items())
-        log(f"epoch {epoch}/{epochs}: loss {history[-1]['loss']:.4f}, val balanced accuracy "
+        log(f"epoch {epoch}/{cfg.epochs}: loss {history[-1]['loss']:.4f}, val balanced accuracy "
             f"{per_dataset} (mean {score:.3f}), {history[-1]['seconds']:.0f} s")
-        if score > best_score:
+        if improved(score, best_score, higher_is_better=True):
             best_epoch, best_score = epoch, score
             best_state = {k: v.detach().clone() for k, v in model.model.state_dict().items()}
 
     model.model.load_state_dict(best_state)
     model.eval()
     model.info = dataclasses.replace(
-        model.info, weights_id=f"medrobust-pretrain(seed={seed}, epoch={best_epoch})"
+        model.info, weights_id=f"medrobust-pretrain(seed={cfg.seed}, epoch={best_epoch})"
     )
     save_model(copy.deepcopy(model).half(), out)  # float16 file: half the size, same scores
-    weights_file = out / "model.safetensors"
-    record = {
+    record = _log_record(cfg, device, train, val, bank, history, best_epoch, out)
+    record.update(seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu_start)
+    (out / LOG_NAME).write_text(json.dumps(record, indent=2), encoding="utf-8")
+    log(f"best epoch {best_epoch} (val mean balanced accuracy {best_score:.3f}); "
+        f"wrote {out} in {record['seconds']:.0f} s")
+    return PretrainResult(model, out, out / "model.safetensors", best_epoch, best_score, record)
+
+
+def _log_record(
+    cfg: PretrainConfig,
+    device: torch.device,
+    train: _Split,
+    val: _Split,
+    bank: _Captions,
+    history: list[dict[str, Any]],
+    best_epoch: int,
+    out: Path,
+) -> dict[str, Any]:
+    """``pretrain_log.json``: the settings (under "arguments", as the shipped log has them),
+    data, best epoch, weights hash, environment and history; timing is filled in after."""
+    settings = {k: v for k, v in cfg.to_dict().items() if k != "tiny"}
+    return {
         "model": MODEL_NAME,
-        "tiny": tiny,
-        "arguments": {
-            "datasets": list(datasets), "epochs": epochs, "batch_size": batch_size, "lr": lr,
-            "weight_decay": weight_decay, "warmup_steps": warmup_steps,
-            "templates_per_step": templates_per_step, "seed": seed,
-            "limit": limit, "device": str(device),
-        },
+        "tiny": cfg.tiny,
+        "arguments": {**settings, "device": str(device)},
         "train_images": {d.name: len(d) for d in train.datasets},
         "val_images": {d.name: len(d) for d in val.datasets},
-        "captions_per_class": per_class,
+        "captions_per_class": bank.per_class,
         "best_epoch": best_epoch,
-        "best_val_mean_balanced_accuracy": best_score,
-        "seconds": time.perf_counter() - start,
-        "cpu_seconds": time.process_time() - cpu_start,
-        "weights_sha256": sha256_files([weights_file]),
+        "best_val_mean_balanced_accuracy": history[best_epoch - 1]["val_mean_balanced_accuracy"],
+        "seconds": None,
+        "cpu_seconds": None,
+        "weights_sha256": sha256_files([out / "model.safetensors"]),
         "environment": {
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "python": platform.python_version(), "machine": platform.machine(),
         },
         "history": history,
     }
-    (out / LOG_NAME).write_text(json.dumps(record, indent=2), encoding="utf-8")
-    log(f"best epoch {best_epoch} (val mean balanced accuracy {best_score:.3f}); "
-        f"wrote {out} in {record['seconds']:.0f} s")
-    return PretrainResult(model, out, weights_file, best_epoch, best_score, record)

@@ -12,11 +12,8 @@ import pytest
 import torch
 from open_clip.loss import ClipLoss
 
-from medrobust.corruptions import prepare_images
-from medrobust.data import load_medmnist
-from medrobust.evaluation.metrics import balanced_accuracy
-from medrobust.models import WeightsUnavailableError, create_model, model_spec
-from medrobust.models.pretrain import (
+from medrobust.adaptation import PretrainConfig
+from medrobust.adaptation.pretrain import (
     CAPTION_TEMPLATES,
     PretrainResult,
     batch_loss,
@@ -25,14 +22,18 @@ from medrobust.models.pretrain import (
     pretrain,
     random_resized_crop_flip,
 )
+from medrobust.corruptions import prepare_images
+from medrobust.data import load_medmnist
+from medrobust.evaluation.metrics import balanced_accuracy
+from medrobust.models import WeightsUnavailableError, create_model, model_spec
 from medrobust.models.prompts import build_prompts
 from medrobust.models.weights import PACKAGE_DIR, WeightsSource, fetch_weights
 from medrobust.models.zeroshot import ZeroShotClassifier
 
 SHIPPED = PACKAGE_DIR / "pretrained" / "medrobust-mini.safetensors"
 CARD = PACKAGE_DIR / "pretrained" / "MEDROBUST_MINI.md"
-SMOKE = {"datasets": ("breastmnist", "retinamnist"), "epochs": 2, "batch_size": 16,
-         "limit": 12, "tiny": True, "warmup_steps": 1}
+SMOKE = PretrainConfig(datasets=("breastmnist", "retinamnist"), epochs=2, batch_size=16,
+                       limit=12, tiny=True, warmup_steps=1)
 
 
 def _features(n: int, d: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,12 +136,12 @@ def test_training_steps_lower_the_batch_loss(shared_data: Path) -> None:
 @pytest.fixture(scope="module")
 def smoke_run(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> PretrainResult:
     out = tmp_path_factory.mktemp("pretrain") / "a"
-    return pretrain(out, data_root=shared_data, log=lambda _: None, **SMOKE)
+    return pretrain(out, SMOKE, data_root=shared_data, log=lambda _: None)
 
 
 def test_pretrain_runs_and_writes_a_loadable_folder(smoke_run: PretrainResult) -> None:
     history = smoke_run.log["history"]
-    assert len(history) == SMOKE["epochs"]
+    assert len(history) == SMOKE.epochs
     assert all(np.isfinite(h["step_losses"]).all() and len(h["step_losses"]) == 2 for h in history)
     out = smoke_run.out_dir
     assert {"medrobust_model.json", "model.safetensors", "pretrain_log.json"} <= {
@@ -161,7 +162,7 @@ def test_pretrain_runs_and_writes_a_loadable_folder(smoke_run: PretrainResult) -
 def test_pretrain_is_reproducible_with_a_seed(
     smoke_run: PretrainResult, shared_data: Path, tmp_path: Path
 ) -> None:
-    again = pretrain(tmp_path / "b", data_root=shared_data, log=lambda _: None, **SMOKE)
+    again = pretrain(tmp_path / "b", SMOKE, data_root=shared_data, log=lambda _: None)
     first = [h["step_losses"] for h in smoke_run.log["history"]]
     assert [h["step_losses"] for h in again.log["history"]] == first
     assert again.log["weights_sha256"] == smoke_run.log["weights_sha256"]
@@ -174,9 +175,17 @@ def test_pretrain_is_reproducible_with_a_seed(
      ({"datasets": "breastmnist"}, "datasets"), ({"templates_per_step": 0}, "templates"),
      ({"limit": 0}, "limit")],
 )
-def test_pretrain_rejects_bad_arguments(kwargs: dict, match: str, tmp_path: Path) -> None:
+def test_pretrain_rejects_bad_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        pretrain(tmp_path, **kwargs)
+        PretrainConfig(**kwargs)
+
+
+def test_pretrain_config_is_saved_in_the_log_and_loaded_back(smoke_run: PretrainResult) -> None:
+    logged = json.loads((smoke_run.out_dir / "pretrain_log.json").read_text())
+    assert PretrainConfig.from_log(logged) == SMOKE
+    assert PretrainConfig.from_dict(json.loads(json.dumps(SMOKE.to_dict()))) == SMOKE
+    with pytest.raises(ValueError, match="unknown PretrainConfig settings"):
+        PretrainConfig.from_dict({"epochs": 2, "epoch": 3})
 
 
 def test_missing_package_file_says_what_to_do() -> None:
@@ -202,6 +211,7 @@ def test_model_card_and_training_log_document_the_shipped_weights() -> None:
     log = json.loads(SHIPPED.with_name("medrobust-mini.pretrain_log.json").read_text())
     assert log["weights_sha256"] == digest
     assert log["arguments"]["epochs"] == len(log["history"]) and log["tiny"] is False
+    assert PretrainConfig.from_log(log) == PretrainConfig()  # the defaults trained them
 
 
 def test_shipped_model_classifies_pneumonia_above_chance(shared_data: Path) -> None:
