@@ -121,3 +121,58 @@ def test_eval_unknown_model_lists_known(shared_data, tmp_path):
 def test_report_of_missing_run(tmp_path):
     result = _run("report", str(tmp_path / "nothing"))
     assert result.returncode == 2 and "nothing" in result.stderr
+
+
+def test_adapt_options_map_onto_the_config_objects() -> None:
+    from medrobust.adaptation import AdaptConfig, LoraSettings
+    from medrobust.cli import adapt_config, build_parser
+
+    base = ["adapt", "--model", "m", "--dataset", "d", "--out", "o"]
+    assert adapt_config(build_parser().parse_args(base)) == AdaptConfig()  # same defaults
+    args = build_parser().parse_args([
+        *base, "--shots", "8", "--rank", "4", "--alpha", "8", "--targets", "qkv,proj",
+        "--native-size", "--size", "64", "--patience", "0", "--augment-suite", "medmnist-c",
+        "--exclude-corruptions", "pixelate,snow", "--warmup", "3", "--label", "x", "--seed", "2",
+    ])
+    assert adapt_config(args) == AdaptConfig(
+        shots=8, resize=False, data_size=64, patience=None, augment_suite="medmnist-c",
+        exclude_corruptions=("pixelate", "snow"), warmup=3, label="x", seed=2,
+        lora=LoraSettings(rank=4, alpha=8.0, targets=("qkv", "proj")),
+    )
+
+
+def test_pretrain_options_map_onto_the_config_object() -> None:
+    from medrobust.adaptation import PretrainConfig
+    from medrobust.cli import build_parser, pretrain_config
+
+    args = build_parser().parse_args(["pretrain", "--out", "o"])
+    assert pretrain_config(args) == PretrainConfig()
+    args = build_parser().parse_args(["pretrain", "--out", "o", "--dataset", "pneumoniamnist",
+                                      "--epochs", "2", "--limit", "5"])
+    assert pretrain_config(args) == PretrainConfig(datasets=("pneumoniamnist",), epochs=2, limit=5)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--lr", "0"], "lr must lie in"), (["--shots", "0"], "shots must be an int >= 1"),
+     (["--val-split", "test"], "'test' split")],
+)
+def test_adapt_bad_settings_exit_2_with_one_line(tmp_path, args, message, capsys) -> None:
+    code = main(["adapt", "--model", "medrobust-mini", "--dataset", "breastmnist",
+                 "--out", str(tmp_path / "a"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "a").exists()
+
+
+def test_adapt_writes_its_config_with_the_adapter(shared_data, tmp_path) -> None:
+    from medrobust.adaptation import AdaptConfig, read_adapter_config
+    from medrobust.cli import adapt_config, build_parser
+
+    options = ["adapt", "--model", "medrobust-mini", "--dataset", "breastmnist", "--shots", "2",
+               "--epochs", "1", "--val-limit", "8", "--out", str(tmp_path / "a"),
+               "--data-root", str(shared_data), "--quiet"]
+    assert main(options) == 0
+    saved = AdaptConfig.from_adapter(read_adapter_config(tmp_path / "a"))
+    expected = adapt_config(build_parser().parse_args(options))
+    assert saved == AdaptConfig.from_dict({**expected.to_dict(), "label": "a"})

@@ -14,10 +14,12 @@ MAX_PARAMS = 10  # self/cls not counted
 
 # What still exceeds a limit, and why. Keep this short: each entry is a known debt.
 ALLOWED: dict[str, str] = {
-    # Owned by the layers/vocabulary step of issue 11 (split of metrics.py, tables.py and the
-    # benchmark layouts), not by the configs step.
-    "evaluation/metrics.py:robustness_summary": "split by arch-layers",
-    "reporting/tables.py:collect_results": "split by arch-layers",
+    # model, datasets and one AdaptConfig; the other eight are runtime-only (where, on what
+    # device, how the base is built, resume, progress bar, log, per-epoch callback).
+    "adaptation/train.py:adapt": "11 params: one config + runtime arguments",
+    # Mirrors `medrobust corrupt`'s options; its split into helpers collided with the Layout
+    # rewrite (arch-vocab) at merge time and was dropped: the next step to do.
+    "corruptions/generate.py:generate_benchmark": "114 lines, 11 params: split pending",
 }
 
 

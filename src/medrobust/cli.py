@@ -8,10 +8,13 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from medrobust.runtime import keep_freed_memory
 from medrobust.severity import SEVERITIES, parse_severities
+
+if TYPE_CHECKING:
+    from medrobust.adaptation import AdaptConfig, PretrainConfig
 
 __all__ = ["main"]
 
@@ -176,8 +179,22 @@ def _targets(text: str) -> str | list[str]:
     return _names(text) if "," in text else text
 
 
+def adapt_config(args: argparse.Namespace) -> AdaptConfig:
+    """The ``AdaptConfig`` (with its ``LoraSettings``) of parsed ``adapt`` options."""
+    from .adaptation import AdaptConfig, LoraSettings
+
+    return _config(AdaptConfig, args, lora=_config(LoraSettings, args))
+
+
+def pretrain_config(args: argparse.Namespace) -> PretrainConfig:
+    """The ``PretrainConfig`` of parsed ``pretrain`` options."""
+    from .adaptation import PretrainConfig
+
+    return _config(PretrainConfig, args, datasets=tuple(args.dataset or PretrainConfig.datasets))
+
+
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from .adaptation import AdaptConfig, LoraSettings, adapt, convert_robustmedclip
+    from .adaptation import adapt, convert_robustmedclip
 
     model_kwargs = {"pretrained": not args.random_weights}
     if args.import_robustmedclip:
@@ -190,8 +207,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         return 0
     if not args.model or not args.dataset:
         raise ValueError("adapt needs --model and at least one --dataset")
-    config = _config(AdaptConfig, args, lora=_config(LoraSettings, args))
-    out = adapt(args.model, args.dataset, config, out_dir=args.out, data_root=args.data_root,
+    out = adapt(args.model, args.dataset, adapt_config(args), out_dir=args.out,
+                data_root=args.data_root,
                 device=args.device, model_kwargs=model_kwargs, resume=not args.no_resume,
                 progress=not args.quiet)
     print(f"evaluate it with: medrobust eval --adapter {out} --dataset ... --run-dir ...")
@@ -208,10 +225,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from .adaptation import PretrainConfig, pretrain
+    from .adaptation import pretrain
 
-    config = _config(PretrainConfig, args, datasets=tuple(args.dataset or PretrainConfig.datasets))
-    result = pretrain(args.out, config, data_root=args.data_root, device=args.device)
+    result = pretrain(args.out, pretrain_config(args), data_root=args.data_root,
+                      device=args.device)
     print(f"best epoch {result.best_epoch} (val mean balanced accuracy {result.best_score:.3f}); "
           f"weights {result.weights_file}; evaluate with --model {result.out_dir}")
     return 0

@@ -404,13 +404,11 @@ def adapt(
             or a ready model (copied, never modified).
         datasets: names ``open_dataset`` resolves (MedMNIST flags, .npz files, folders), or
             ``ImageDataset``s of a train/val split (validated on the rest of that split).
-        config: what to train (data, augmentation, optimisation, LoRA; see ``AdaptConfig``);
-            None: the defaults. It is saved in the adapter's JSON
-            (``AdaptConfig.from_adapter`` reads it back).
-        data_root: where datasets given by name are read.
+        config: what to train (``AdaptConfig``; None: defaults), saved in the adapter's JSON
+            (``AdaptConfig.from_adapter`` reads it back). ``data_root``: where named datasets are.
         resume: continue from ``out_dir``'s last epoch if it holds this same run.
-        progress: show a progress bar per epoch; ``log`` receives one line per epoch.
-        callback: called after each epoch with its record (as stored in the history).
+        progress: a progress bar per epoch; ``log`` gets a line per epoch, ``callback`` the
+            epoch's record (as stored in the history).
 
     Raises:
         ValueError / TypeError: invalid options (the message says what is allowed).
@@ -421,9 +419,7 @@ def adapt(
         raise TypeError(f"config must be an AdaptConfig, got {type(cfg).__name__}")
     if isinstance(datasets, (str, ImageDataset)) or not datasets:
         raise ValueError("datasets must be a non-empty list of dataset names or ImageDatasets")
-    out = Path(out_dir).expanduser()
-    dev = torch.device(device)
-    kwargs = dict(model_kwargs or {})
+    out, dev, kwargs = Path(out_dir).expanduser(), torch.device(device), dict(model_kwargs or {})
 
     tasks = [_prepare_task(d, cfg, data_root) for d in datasets]
     names = [t.name for t in tasks]

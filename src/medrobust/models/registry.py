@@ -235,6 +235,43 @@ def _announce(info: ModelInfo) -> None:
         logger.warning("model %s: NOTE: %s", info.name, info.notes)
 
 
+def _final_spec(
+    name: str, spec: dict[str, Any], tiny: bool, config_override: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The model's config with its tiny variant and the caller's overrides merged in."""
+    spec.setdefault("name", name)
+    if tiny:
+        if "tiny" not in spec:
+            raise ValueError(f"model {name!r} has no tiny config")
+        spec = _merge(spec, spec["tiny"])
+    spec.pop("tiny", None)
+    if config_override:
+        spec = _merge(spec, config_override)
+    if spec.get("family") not in _FAMILIES:
+        raise ValueError(
+            f"unknown model family {spec.get('family')!r}; allowed: {sorted(_FAMILIES)}"
+        )
+    return spec
+
+
+def _locate_weights(
+    spec: dict[str, Any], local: Path | None, pretrained: bool, cache: Path | None
+) -> tuple[dict[str, Any], Path | None, str | None]:
+    """``(spec, weights path, weights id)``: a local file or folder, else the published
+    weights (fetched into the cache), else none (random weights)."""
+    if local is not None:
+        if not local.exists():
+            raise FileNotFoundError(f"weights {local} do not exist")
+        return spec, local, str(local.resolve())
+    if not pretrained:
+        return spec, None, None
+    source = WeightsSource.from_dict(spec["weights"])
+    hub_repo = spec["architecture"].get("hub_config") if "architecture" in spec else None
+    if hub_repo:
+        spec = openclip.adopt_hub_config(spec, hub_repo, spec["name"], cache)
+    return spec, fetch_weights(spec["name"], source, cache)[0], source.weights_id
+
+
 def create_model(
     name: str,
     pretrained: bool = True,
@@ -275,37 +312,15 @@ def create_model(
         )
     cache = Path(cache_dir).expanduser() if cache_dir is not None else None
     spec, base_dir, local_weights = _resolve(name, pretrained, cache)
-    spec.setdefault("name", name)
-    if tiny:
-        if "tiny" not in spec:
-            raise ValueError(f"model {name!r} has no tiny config")
-        spec = _merge(spec, spec["tiny"])
-    spec.pop("tiny", None)
-    if config_override:
-        spec = _merge(spec, config_override)
-    if spec.get("family") not in _FAMILIES:
-        raise ValueError(
-            f"unknown model family {spec.get('family')!r}; allowed: {sorted(_FAMILIES)}"
-        )
+    spec = _final_spec(name, spec, tiny, config_override)
     family, adapter_cls = _FAMILIES[spec["family"]]
-
-    weights_path: Path | None = None
-    weights_id = f"{RANDOM_INIT}(seed={seed})"
     if weights is not None:
-        weights_path = Path(weights).expanduser()
-        if not weights_path.exists():
-            raise FileNotFoundError(f"weights {weights_path} do not exist")
-        weights_id = str(weights_path.resolve())
-    elif pretrained and local_weights is not None:
-        weights_path = local_weights
-        weights_id = str(local_weights.resolve())
-    elif pretrained:
-        source = WeightsSource.from_dict(spec["weights"])
-        hub_repo = spec["architecture"].get("hub_config") if "architecture" in spec else None
-        if hub_repo:
-            spec = openclip.adopt_hub_config(spec, hub_repo, spec["name"], cache)
-        weights_path = fetch_weights(spec["name"], source, cache)[0]
-        weights_id = source.weights_id
+        local_weights = Path(weights).expanduser()
+    elif not pretrained:
+        local_weights = None
+    spec, weights_path, weights_id = _locate_weights(spec, local_weights, pretrained, cache)
+    if weights_path is None:
+        weights_id = f"{RANDOM_INIT}(seed={seed})"
     if weights_path is not None and weights_path.is_dir() and family is hf:
         spec = hf.adopt_folder(spec, weights_path)
 
