@@ -60,3 +60,15 @@ def synthetic() -> Callable[..., torch.Tensor]:
     """``synthetic_images`` as a fixture: test modules cannot import from conftest reliably
     (another folder's conftest.py may be the module named ``conftest`` by then)."""
     return synthetic_images
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_array_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Cached arrays (noise tables) go to a folder of this test session, not the user's cache."""
+    previous = os.environ.get("MEDROBUST_CACHE")
+    os.environ["MEDROBUST_CACHE"] = str(tmp_path_factory.mktemp("array-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("MEDROBUST_CACHE", None)
+    else:
+        os.environ["MEDROBUST_CACHE"] = previous

@@ -115,15 +115,19 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation.merge import merge_when_done
     from .evaluation.runner import GridSpec, run_grid
+    from .evaluation.sharding import parse_shard, shard_from_env
 
     if not args.model and not args.adapter:
         raise ValueError("give at least one --model or --adapter")
+    shard = parse_shard(args.shard) if args.shard else shard_from_env()
+    device = shard.device(args.device) if shard else args.device
     models: list = list(args.model or [])
     if args.adapter:
         from .adaptation import load_adapted_model
 
-        models += [load_adapted_model(d, args.device, merge=args.merge) for d in args.adapter]
+        models += [load_adapted_model(d, device, merge=args.merge) for d in args.adapter]
     spec = GridSpec(
         models=models,
         datasets=args.dataset,
@@ -136,7 +140,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         benchmark_dir=Path(args.benchmark_dir) if args.benchmark_dir else None,
         layout=args.layout,
         batch_size=args.batch_size,
-        device=args.device,
+        device=device,
         precision=args.precision,
         data_root=Path(args.data_root) if args.data_root else None,
         size=args.size,
@@ -144,15 +148,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
         pretrained=not args.random_weights,
         limit=args.limit,
     )
-    summary = run_grid(spec, args.run_dir, progress=not args.quiet)
-    print(f"{summary.computed} cells computed, {summary.skipped} already done, "
+    summary = run_grid(spec, args.run_dir, progress=not args.quiet, shard=shard)
+    store_dir = shard.store_dir(args.run_dir) if shard else Path(args.run_dir)
+    where = f"shard {shard.index}/{shard.count}: " if shard else ""
+    print(f"{where}{summary.computed} cells computed, {summary.skipped} already done, "
           f"{summary.busy} taken by another process; {summary.images_per_second:.1f} images/s; "
-          f"results in {Path(args.run_dir) / 'results.sqlite'}")
+          f"results in {store_dir / 'results.sqlite'}")
+    if shard is not None and shard.launcher == "torchrun":
+        store_dir = Path(args.run_dir)
+        merged = merge_when_done(args.run_dir, shard)  # rank 0 merges, the others wait for it
+        if merged is not None:
+            print(f"{merged.describe()}; results in {store_dir / 'results.sqlite'}")
+    elif shard is not None:
+        print(f"when every shard is done: medrobust merge {args.run_dir}")
     if args.export:
         from .evaluation.store import ResultsStore
 
-        with ResultsStore(args.run_dir) as store:
+        with ResultsStore(store_dir) as store:
             print(f"exported {store.export(args.export)}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .evaluation.merge import merge_run
+
+    summary = merge_run(args.run_dir)
+    print(f"{summary.describe()}; results in {Path(args.run_dir) / 'results.sqlite'}")
     return 0
 
 
@@ -315,8 +336,17 @@ def _add_eval(sub: Subparsers) -> None:
     p.add_argument("--limit", type=int, help="only the first N images of each dataset")
     p.add_argument("--run-dir", required=True, help="run folder (results.sqlite + predictions)")
     p.add_argument("--export", help="also export all rows to this .csv or .parquet file")
+    p.add_argument("--shard", metavar="I/N",
+                   help="evaluate shard I of N (0-based) of the grid's cells into RUN/shards/ "
+                        "(default under torchrun or a SLURM array: from the environment)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+
+def _add_merge(sub: Subparsers) -> None:
+    p = sub.add_parser("merge", help="combine the shard stores of a sharded eval into RUN/results.sqlite")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_merge)
 
 
 def _add_report(sub: Subparsers) -> None:
@@ -417,8 +447,8 @@ def _add_models(sub: Subparsers) -> None:
     p.set_defaults(func=cmd_models)
 
 
-COMMANDS = (_add_corrupt, _add_corruptions, _add_preview, _add_eval, _add_report, _add_adapt,
-            _add_demo, _add_pretrain, _add_models)
+COMMANDS = (_add_corrupt, _add_corruptions, _add_preview, _add_eval, _add_merge, _add_report,
+            _add_adapt, _add_demo, _add_pretrain, _add_models)
 
 
 def build_parser() -> argparse.ArgumentParser:

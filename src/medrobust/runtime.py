@@ -20,8 +20,9 @@ import ctypes
 import ctypes.util
 import sys
 from functools import cache
+from typing import Any
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["keep_freed_memory", "to_device"]
 
 # mallopt parameters (glibc malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -48,3 +49,20 @@ def keep_freed_memory() -> bool:
         mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1,
         mallopt(_M_TOP_PAD, _TOP_PAD) == 1,
     ))
+
+
+def to_device(tensor: Any, device: Any) -> Any:
+    """Copy a CPU tensor to ``device``; to a GPU through pinned memory without blocking the host.
+
+    The copy is queued on the current CUDA stream, so work queued after it on that stream sees
+    the data; a consumer on another stream must wait for it (an event). On the CPU (or for a
+    tensor already there) it is the tensor itself.
+    """
+    import torch
+
+    device = torch.device(device)
+    if tensor.device == device or (device.type == "cpu" and tensor.device.type == "cpu"):
+        return tensor
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)

@@ -60,3 +60,16 @@ def test_random_corruption_transform_is_seeded_and_respects_exclude(retina_image
     assert torch.equal(RandomCorruption(suite, p=0.0)(images), images)
     with pytest.raises(KeyError, match="not in suite"):
         RandomCorruption(suite, exclude=["snow"])
+
+
+def test_random_corruption_of_part_of_a_batch_equals_that_part_of_the_whole(synthetic):
+    suite = get_suite("imagenet-c").select(["gaussian_noise", "pixelate", "contrast"])
+    images = synthetic(n=6, channels=3, size=32)
+    whole = RandomCorruption(suite, p=0.7, seed=3)(images, torch.Generator().manual_seed(9))
+    halves = []
+    for rows in (torch.tensor([0, 2, 4]), torch.tensor([1, 3, 5])):
+        part = RandomCorruption(suite, p=0.7, seed=3)(
+            images[rows], torch.Generator().manual_seed(9), rows=rows, batch_size=6)
+        halves.append((rows, part))
+    for rows, part in halves:
+        assert torch.equal(part, whole[rows])

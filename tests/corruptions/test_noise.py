@@ -298,3 +298,21 @@ def test_bad_arguments_are_rejected(streams) -> None:
         gaussian_noise(images, -0.1, rng=streams(2, "noise"))
     with pytest.raises(TypeError, match="uint8"):
         gaussian_noise(images.float(), 0.1, rng=streams(2, "noise"))
+
+
+def test_tables_come_from_the_user_cache_unchanged(tmp_path, monkeypatch) -> None:
+    """A table built in one run is read back in the next, identical to a fresh build; a table
+    of other code (another key) is never served."""
+    monkeypatch.setenv("MEDROBUST_CACHE", str(tmp_path))
+    noise._table.cache_clear()
+    built = noise._table("speckle", 0.3, True, torch.device("cpu")).clone()
+    assert len(list(tmp_path.glob("noise-table-*.npy"))) == 1
+    noise._table.cache_clear()
+    monkeypatch.setattr(noise, "_build_table", lambda *a: pytest.fail("rebuilt a cached table"))
+    cached = noise._table("speckle", 0.3, True, torch.device("cpu"))
+    assert torch.equal(cached, built)
+    noise._table.cache_clear()
+    monkeypatch.undo()
+    fresh = torch.from_numpy(noise._build_table("speckle", 0.3, True))
+    assert torch.equal(fresh, built)
+    noise._table.cache_clear()

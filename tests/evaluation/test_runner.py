@@ -123,3 +123,20 @@ def test_run_records_dataset_model_and_suite_info(tiny_clip, breast, tmp_path):
     whole = get_suite("medmnist-c/breastmnist")
     (suite,) = info["suite"].values()  # the whole suite, not just the corruptions evaluated
     assert suite["benchmark_corruptions"] == list(whole.benchmark_corruptions)
+
+
+def test_one_producer_thread_for_the_whole_run(tiny_clip, breast, shared_data, tmp_path, monkeypatch):
+    import medrobust.evaluation.runner as runner
+
+    started = []
+    real = runner.Producer
+
+    class Counting(real):
+        def __init__(self, *args, **kwargs):
+            started.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "Producer", Counting)
+    pneumonia = load_medmnist("pneumoniamnist", root=shared_data, download=False).subset(range(12))
+    summary = run_grid(_spec(tiny_clip, breast, datasets=[breast, pneumonia]), tmp_path, progress=False)
+    assert summary.computed == 10 and started == [1]

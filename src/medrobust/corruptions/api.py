@@ -12,6 +12,7 @@ from torch import nn
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from ..runtime import to_device
 from ..severity import SEVERITIES, check_severity, clean_condition, is_clean
 from ._random import ImageRandom
 from .functional._utils import check_images
@@ -144,7 +145,7 @@ class CorruptedDataset(torch.utils.data.Dataset):
     ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
         """Batches ``(dataset indices, corrupted uint8 images on device, labels)``."""
         for indices, images, labels in self.dataset.iter_batches(batch_size):
-            yield indices, self._corrupt(images.to(device), indices.tolist()), labels
+            yield indices, self._corrupt(to_device(images, device), indices.tolist()), labels
 
 
 class RandomCorruption(nn.Module):
@@ -178,24 +179,37 @@ class RandomCorruption(nn.Module):
         self.suite, self.p = suite, p
         self.generator = torch.Generator().manual_seed(seed)
 
-    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        images: torch.Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        rows: torch.Tensor | None = None,
+        batch_size: int | None = None,
+    ) -> torch.Tensor:
+        """Corrupt a batch. With ``rows`` (and ``batch_size``), ``images`` are those rows of a
+        batch of ``batch_size`` images: the draws are made for the whole batch and these rows'
+        are used, so a batch split across processes is corrupted as it would be whole."""
         check_images(images)
         g = generator or self.generator
-        n = images.shape[0]
+        n = images.shape[0] if rows is None else int(batch_size)
         apply = torch.rand(n, generator=g) < self.p
         which = torch.randint(len(self.names), (n,), generator=g)
         severity = torch.tensor(self.severities)[torch.randint(len(self.severities), (n,), generator=g)]
         seeds = torch.randint(0, 2**62, (n,), generator=g)
+        if rows is not None:
+            rows = rows.cpu()
+            apply, which, severity, seeds = apply[rows], which[rows], severity[rows], seeds[rows]
         factor = images.shape[-1] / self.suite.reference_size
         out = images.clone()
         for k, name in enumerate(self.names):
             for s in self.severities:
-                rows = torch.nonzero(apply & (which == k) & (severity == s)).flatten()
-                if rows.numel() == 0:
+                members = torch.nonzero(apply & (which == k) & (severity == s)).flatten()
+                if members.numel() == 0:
                     continue
-                rng = ImageRandom(seeds[rows].tolist(), images.device)
-                rows = rows.to(images.device)
-                out[rows] = self.suite[name].apply(images[rows], s, rng=rng, size_factor=factor)
+                rng = ImageRandom(seeds[members].tolist(), images.device)
+                members = members.to(images.device)
+                out[members] = self.suite[name].apply(images[members], s, rng=rng, size_factor=factor)
         return out
 
     def extra_repr(self) -> str:

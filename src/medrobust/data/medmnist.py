@@ -8,11 +8,13 @@ adds a modality per dataset and meaningful class names where the source has only
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import sys
 import tempfile
+from functools import cache
 from pathlib import Path
-
-from medmnist import INFO
+from typing import Any
 
 from .datasets import DatasetInfo, ImageDataset
 from .npz import NpzFormatError, load_npz, npz_array_info
@@ -65,6 +67,25 @@ _TASKS = {
 }
 
 
+@cache
+def _medmnist_info() -> dict[str, Any]:
+    """``medmnist.INFO``, read from its ``info`` module alone.
+
+    ``import medmnist`` also imports its evaluator and with it scikit-learn and SciPy's stats
+    (about 1.3 s), which a command that only reads metadata never uses.
+    """
+    if "medmnist" in sys.modules:
+        return sys.modules["medmnist"].INFO
+    package = importlib.util.find_spec("medmnist")
+    if package is None or not package.submodule_search_locations:
+        raise ImportError("the medmnist package is missing: pip install medmnist")
+    location = Path(next(iter(package.submodule_search_locations))) / "info.py"
+    spec = importlib.util.spec_from_file_location("medrobust._medmnist_info", location)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.INFO
+
+
 def _check_flag(flag: str) -> str:
     if flag not in MEDMNIST_MODALITIES:
         raise ValueError(f"unknown MedMNIST 2D flag {flag!r}; allowed: {list(MEDMNIST_2D_FLAGS)}")
@@ -79,7 +100,7 @@ def _check_size(size: int) -> int:
 
 def medmnist_info(flag: str) -> DatasetInfo:
     """Metadata of a 2D MedMNIST dataset; ``raw_class_names`` are the ``INFO`` names."""
-    info = INFO[_check_flag(flag)]
+    info = _medmnist_info()[_check_flag(flag)]
     raw = tuple(info["label"][str(i)] for i in range(len(info["label"])))
     return DatasetInfo(
         name=flag,
@@ -100,7 +121,8 @@ def medmnist_filename(flag: str, size: int = 28) -> str:
 
 def _url_md5(flag: str, size: int) -> tuple[str, str]:
     suffix = "" if size == 28 else f"_{size}"
-    return INFO[flag][f"url{suffix}"], INFO[flag][f"MD5{suffix}"]
+    info = _medmnist_info()[flag]
+    return info[f"url{suffix}"], info[f"MD5{suffix}"]
 
 
 def find_medmnist_file(flag: str, size: int = 28, root: str | Path | None = None) -> Path | None:

@@ -3,14 +3,14 @@
 Each cell is scored independently and recorded in the run's :class:`ResultsStore`; finished
 cells are skipped, so re-running a command resumes it, and several processes can share a
 grid (a cell is claimed before it is computed). Images are corrupted on the fly with the
-corruption engine on the model's device, or read from a generated benchmark folder. A
-background thread prepares the next batch while the model scores the current one.
+corruption engine on the model's device, or read from a generated benchmark folder. One
+background thread makes the images of the run, a cell ahead, while the model scores, and
+another writes the results (:mod:`medrobust.evaluation.pipeline`).
 """
 
 from __future__ import annotations
 
-import queue
-import threading
+import functools
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,8 +27,11 @@ from ..data import ImageDataset, open_dataset
 from ..data.layouts import get_layout
 from ..models import ModelAdapter, create_model
 from ..models.zeroshot import ZeroShotClassifier
+from ..runtime import to_device
 from ..severity import CLEAN, SEVERITIES, Condition, conditions, is_clean
-from .metrics import cell_metrics
+from .merge import write_shard_info
+from .pipeline import Producer, ResultWriter
+from .sharding import Shard, grid_digest, partition
 from .store import CellKey, ResultsStore
 
 __all__ = ["CLEAN", "GridSpec", "RunSummary", "run_grid"]
@@ -143,7 +146,7 @@ class _Source:
         if self.spec.limit is not None:
             stored = stored.subset(range(min(self.spec.limit, len(stored))))
         for _, images, labels in stored.iter_batches(bs):
-            yield images.to(self.device), labels
+            yield to_device(images, self.device), labels
 
     def _stored(self, cell: Condition) -> ImageDataset:
         """The cell's images from the benchmark folder; a layout that need not hold clean
@@ -152,38 +155,6 @@ class _Source:
         if is_clean(cell[0]) and not self.layout.path_for(name, split, *cell).is_file():
             return self.dataset
         return self.layout.read(name, split, *cell)
-
-
-def _prefetch(iterable: Iterable[Any], depth: int = 2) -> Iterator[Any]:
-    """Run ``iterable`` in a background thread, ``depth`` items ahead (errors re-raised)."""
-    buffer: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def work() -> None:
-        try:
-            for item in iterable:
-                if stop.is_set():
-                    return
-                buffer.put(item)
-            buffer.put(done)
-        except BaseException as exc:  # handed to the consumer
-            buffer.put(exc)
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    try:
-        while (item := buffer.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():
-            try:
-                buffer.get_nowait()
-            except queue.Empty:
-                thread.join(0.05)
 
 
 def score_cell(
@@ -198,7 +169,7 @@ def score_cell(
     labels = []
     for classifier in classifiers:
         classifier.model.check_eval()
-    for images, y in _prefetch(batches):
+    for images, y in batches:
         with torch.inference_mode():
             pixels: dict[tuple[str, str], torch.Tensor] = {}
             for out, classifier in zip(probs, classifiers, strict=True):
@@ -211,21 +182,75 @@ def score_cell(
     return [np.concatenate(p) for p in probs], np.concatenate(labels)
 
 
+@dataclass
+class _DatasetWork:
+    """One dataset's part of the grid: where its images come from and which cells to score."""
+
+    dataset: ImageDataset
+    whole: Suite  # the dataset's whole suite (recorded in the run)
+    suite: Suite  # the part of it evaluated
+    source: _Source
+    classifiers: list[ZeroShotClassifier]
+    cells: list[Condition]
+
+
+def _plan(spec: GridSpec, models: Sequence[ModelAdapter], device: torch.device) -> list[_DatasetWork]:
+    plan = []
+    for item in spec.datasets:
+        dataset = _open_dataset(spec, item)
+        whole, suite = _suite_for(spec, dataset)
+        classifiers = [
+            ZeroShotClassifier(model, dataset.class_names, spec.templates, dataset.modality,
+                               precision=_precision(spec, device))
+            for model in models
+        ]
+        plan.append(_DatasetWork(dataset, whole, suite, _Source(spec, dataset, suite, device),
+                                 classifiers, list(conditions(suite.corruptions, spec.severities))))
+    return plan
+
+
+def _keys(
+    spec: GridSpec, models: Sequence[ModelAdapter], work: _DatasetWork, cell: Condition
+) -> list[CellKey]:
+    return [_cell_key(spec, model, work.dataset, work.suite, cell, classifier, work.source)
+            for model, classifier in zip(models, work.classifiers, strict=True)]
+
+
+def _take_shard(
+    spec: GridSpec, models: Sequence[ModelAdapter], plan: list[_DatasetWork], shard: Shard,
+    store: ResultsStore,
+) -> None:
+    """Keep in ``plan`` only the shard's cells (balanced by images) and note them in its store."""
+    items = [(work, cell) for work in plan for cell in work.cells]
+    keys = [_keys(spec, models, work, cell) for work, cell in items]
+    owner = partition([len(work.dataset) * len(models) for work, _ in items], shard.count)
+    mine = [i for i, o in enumerate(owner) if o == shard.index]
+    write_shard_info(store, grid_digest(k.cell_id for ks in keys for k in ks), shard,
+                     [k.cell_id for i in mine for k in keys[i]])
+    for work in plan:
+        work.cells = []
+    for i in mine:
+        work, cell = items[i]
+        work.cells.append(cell)
+
+
 def run_grid(
     spec: GridSpec,
     run_dir: str | Path,
     *,
     progress: bool = True,
     model_factory: Callable[..., ModelAdapter] = create_model,
+    shard: Shard | None = None,
 ) -> RunSummary:
     """Evaluate every cell of ``spec`` not yet in ``run_dir``'s store.
 
     All models are loaded once; each cell's images are made once and scored by every model
     that still needs the cell, so corruption work does not grow with the number of models.
+    With a ``shard``, only that shard's cells are evaluated, into the shard's own store
+    (``run_dir/shards/shard-I-of-N``; see :mod:`medrobust.evaluation.sharding`).
     """
     device = torch.device(spec.device)
     summary = RunSummary()
-    datasets = [_open_dataset(spec, d) for d in spec.datasets]
     models = [
         item if isinstance(item, ModelAdapter)
         else model_factory(item, pretrained=spec.pretrained, device=device, **spec.model_kwargs)
@@ -233,47 +258,84 @@ def run_grid(
     ]
     for model in models:
         model.to(device).eval()
-    with ResultsStore(run_dir) as store:
-        for dataset in datasets:
-            whole, suite = _suite_for(spec, dataset)
-            _record_info(store, dataset, models, whole)
-            source = _Source(spec, dataset, suite, device)
-            classifiers = [
-                ZeroShotClassifier(model, dataset.class_names, spec.templates, dataset.modality,
-                                   precision=_precision(spec, device))
-                for model in models
-            ]
-            cells = conditions(suite.corruptions, spec.severities)
-            names = ", ".join(m.name for m in models)
-            bar = tqdm(cells, desc=f"{dataset.name} [{names}]", unit="cell", disable=not progress)
-            for cell in bar:
-                todo = []
-                for model, classifier in zip(models, classifiers, strict=True):
-                    key = _cell_key(spec, model, dataset, suite, cell, classifier, source)
-                    if store.is_done(key):
-                        summary.skipped += 1
-                    elif not store.claim(key):
-                        summary.busy += 1
-                    else:
-                        todo.append((key, classifier))
-                if not todo:
-                    continue
-                try:
-                    start = time.perf_counter()
-                    all_probs, labels = score_cell([c for _, c in todo], source.batches(cell))
-                    seconds = (time.perf_counter() - start) / len(todo)
-                    for (key, _), probs in zip(todo, all_probs, strict=True):
-                        metrics = cell_metrics(probs, labels, dataset.task)
-                        store.add(key, metrics, probs, labels, seconds=seconds)
-                except BaseException:
-                    for key, _ in todo:
-                        store.release(key)
-                    raise
-                summary.computed += len(todo)
-                summary.seconds += seconds * len(todo)
-                summary.images += len(labels) * len(todo)
-                bar.set_postfix(acc=f"{metrics['accuracy']:.3f}")
+    plan = _plan(spec, models, device)
+    store_dir = shard.store_dir(run_dir) if shard else Path(run_dir)
+    with ResultsStore(store_dir) as store:
+        for work in plan:
+            _record_info(store, work.dataset, models, work.whole)
+        if shard is not None:
+            _take_shard(spec, models, plan, shard, store)
+        _run_cells(spec, models, plan, store, summary, progress)
     return summary
+
+
+_Item = tuple[_DatasetWork, Condition, list[tuple[CellKey, ZeroShotClassifier]]]
+
+
+def _claimed(
+    spec: GridSpec, models: Sequence[ModelAdapter], plan: list[_DatasetWork], store: ResultsStore,
+    summary: RunSummary, bar: tqdm,
+) -> Iterator[_Item]:
+    """The cells some model still needs, claimed for this process one at a time."""
+    for work in plan:
+        for cell in work.cells:
+            todo = []
+            for key, classifier in zip(_keys(spec, models, work, cell), work.classifiers, strict=True):
+                if store.is_done(key):
+                    summary.skipped += 1
+                elif not store.claim(key):
+                    summary.busy += 1
+                else:
+                    todo.append((key, classifier))
+            if todo:
+                yield work, cell, todo
+            else:
+                bar.update()
+
+
+def _run_cells(
+    spec: GridSpec, models: Sequence[ModelAdapter], plan: list[_DatasetWork], store: ResultsStore,
+    summary: RunSummary, progress: bool,
+) -> None:
+    """Score every cell of ``plan`` not done: claimed one cell ahead, so the producer thread
+    makes the next cell's images while the model scores this one; results are written by the
+    writer thread."""
+    names = ", ".join(m.name for m in models)
+    bar = tqdm(total=sum(len(w.cells) for w in plan), desc=f"[{names}]", unit="cell",
+               disable=not progress)
+    pending = _claimed(spec, models, plan, store, summary, bar)
+    current = upcoming = None
+    with Producer(torch.device(spec.device)) as producer, ResultWriter(store.run_dir) as writer:
+        try:
+            current = next(pending, None)
+            if current is not None:
+                producer.request(functools.partial(current[0].source.batches, current[1]))
+            while current is not None:
+                upcoming = next(pending, None)
+                if upcoming is not None:
+                    producer.request(functools.partial(upcoming[0].source.batches, upcoming[1]))
+                _score(current, producer, writer, summary)
+                bar.update()
+                current, upcoming = upcoming, None
+        except BaseException:
+            for item in (current, upcoming):
+                for key, _ in item[2] if item is not None else ():
+                    store.release(key)
+            raise
+        finally:
+            bar.close()
+
+
+def _score(item: _Item, producer: Producer, writer: ResultWriter, summary: RunSummary) -> None:
+    work, _, todo = item
+    start = time.perf_counter()
+    all_probs, labels = score_cell([c for _, c in todo], producer.batches())
+    seconds = (time.perf_counter() - start) / len(todo)
+    for (key, _), probs in zip(todo, all_probs, strict=True):
+        writer.submit(key, probs, labels, work.dataset.task, seconds)
+    summary.computed += len(todo)
+    summary.seconds += seconds * len(todo)
+    summary.images += len(labels) * len(todo)
 
 
 def _cell_key(

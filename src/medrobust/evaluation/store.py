@@ -214,6 +214,33 @@ class ResultsStore:
                 out[kind][name] = json.loads(value)
         return out
 
+    def has_cell(self, cell_id: str) -> bool:
+        """Whether a finished row with this id is in the store."""
+        return self._conn.execute("SELECT 1 FROM cells WHERE cell_id = ?", (cell_id,)).fetchone() is not None
+
+    def meta(self) -> dict[str, str]:
+        """The run's key/value notes (e.g. which shard of which grid this store holds)."""
+        return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+
+    def set_meta(self, values: Mapping[str, str]) -> None:
+        with self._transaction():
+            self._conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                                   list(values.items()))
+
+    def import_row(self, row: Mapping[str, Any]) -> bool:
+        """Insert a finished row read from another store (its predictions file must already be
+        in this run folder at ``row['predictions']``); False if the cell is already here."""
+        columns = [c for c in self._columns() if c in row]
+        with self._transaction():
+            cursor = self._conn.execute(
+                f"INSERT OR IGNORE INTO cells ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                [row[c] for c in columns],
+            )
+        return cursor.rowcount == 1
+
+    def _columns(self) -> list[str]:
+        return [r[1] for r in self._conn.execute("PRAGMA table_info(cells)").fetchall()]
+
     def predictions(self, row: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """The saved probabilities and labels of a cell, to recompute any metric."""
         with np.load(self.run_dir / row["predictions"], allow_pickle=False) as f:
