@@ -106,7 +106,7 @@ def measure_suite(spec: str, args: argparse.Namespace, device: torch.device) -> 
 
 def measure_whole(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     from medrobust.corruptions import get_suite
-    from medrobust.corruptions.generate import generate_benchmark
+    from medrobust.corruptions.generate import GenerateConfig, generate_benchmark
     from medrobust.data import load_medmnist
 
     dataset = load_medmnist("pneumoniamnist", split="test", size=28, root=args.data_root, download=False)
@@ -115,8 +115,8 @@ def measure_whole(args: argparse.Namespace, device: torch.device) -> dict[str, A
     for label, target in (("cuda", device), ("cpu", torch.device("cpu"))):
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
-            generate_benchmark(dataset, suite, out, layout="medmnist-c", seed=0, device=str(target),
-                               batch_size=args.batch, resize=True, progress=False)
+            config = GenerateConfig(layout="medmnist-c", seed=0, batch_size=args.batch, resize=True)
+            generate_benchmark(dataset, suite, out, config, device=str(target), progress=False)
             seconds[label] = time.perf_counter() - start
     return {"dataset": "pneumoniamnist", "images": len(dataset), "corruptions": len(suite.corruptions),
             "severities": 5, "seconds": seconds}

@@ -7,9 +7,10 @@
 2. Whole dataset: the pneumoniamnist test split upsampled to 224 px and written as
    ``pneumoniamnist_224.npz`` (MedMNIST file format) in a temporary MedMNIST root; medmnistc's
    ``DatasetManager(...).create_dataset('pneumoniamnist')`` vs our
-   ``generate_benchmark(..., layout='medmnist-c')`` at 1 and 2 threads; and the command a user
-   runs, ``medrobust corrupt pneumoniamnist --suite medmnist-c``, timed as a process (wall time,
-   start-up included) with an empty and with a warm user cache, against the reference process.
+   ``generate_benchmark(..., GenerateConfig(layout='medmnist-c'))`` at 1 and 2 threads; and the
+   command a user runs, ``medrobust corrupt pneumoniamnist --suite medmnist-c``, timed as a
+   process (wall time, start-up included) with an empty and with a warm user cache, against the
+   reference process.
 3. Peak memory of ours for an input and a 4x larger one (same batch size): bounded by the batch.
 
 Every measurement runs in its own subprocess (reference: .refenv via _reference_runner.py;
@@ -99,7 +100,7 @@ def worker_generate(spec: dict[str, Any]) -> dict[str, Any]:
     """Time our whole-dataset generation; peak memory of this process."""
     import torch
 
-    from medrobust.corruptions.generate import generate_benchmark
+    from medrobust.corruptions.generate import GenerateConfig, generate_benchmark
     from medrobust.data import load_medmnist
 
     suite = _suite(spec["suite"])
@@ -109,9 +110,9 @@ def worker_generate(spec: dict[str, Any]) -> dict[str, Any]:
     baseline, anon_before = maxrss_mib(), AnonPeak.current_mib()
     start = time.perf_counter()
     with AnonPeak() as anon:
-        generate_benchmark(dataset, suite, spec["out"], layout="medmnist-c", seed=0, device="cpu",
-                           batch_size=spec["batch"], resize=True, compress=spec["compress"],
-                           progress=False)
+        config = GenerateConfig(layout="medmnist-c", seed=0, batch_size=spec["batch"], resize=True,
+                                compress=spec["compress"])
+        generate_benchmark(dataset, suite, spec["out"], config, device="cpu", progress=False)
     seconds = time.perf_counter() - start
     files = list(Path(spec["out"]).rglob("*.npz"))
     return {

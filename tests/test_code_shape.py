@@ -17,9 +17,6 @@ ALLOWED: dict[str, str] = {
     # model, datasets and one AdaptConfig; the other eight are runtime-only (where, on what
     # device, how the base is built, resume, progress bar, log, per-epoch callback).
     "adaptation/train.py:adapt": "11 params: one config + runtime arguments",
-    # Mirrors `medrobust corrupt`'s options; its split into helpers collided with the Layout
-    # rewrite (arch-vocab) at merge time and was dropped: the next step to do.
-    "corruptions/generate.py:generate_benchmark": "114 lines, 11 params: split pending",
 }
 
 

@@ -48,24 +48,14 @@ def _suite_for(args: argparse.Namespace, dataset_name: str):
 
 
 def cmd_corrupt(args: argparse.Namespace) -> int:
-    from .corruptions.generate import generate_benchmark
+    from .corruptions.generate import GenerateConfig, generate_benchmark
     from .data import open_dataset
 
     dataset = open_dataset(args.dataset, split=args.split, size=args.size, root=args.data_root)
     suite = _suite_for(args, dataset.name)
-    manifest = generate_benchmark(
-        dataset,
-        suite,
-        args.out,
-        layout=args.layout,
-        severities=args.severities,
-        seed=args.seed,
-        device=args.device,
-        batch_size=args.batch_size,
-        resize=not args.native_size,
-        compress=args.compress,
-        progress=not args.quiet,
-    )
+    config = _config(GenerateConfig, args, resize=not args.native_size)
+    manifest = generate_benchmark(dataset, suite, args.out, config, device=args.device,
+                                  progress=not args.quiet)
     print(f"wrote {dataset.name} ({dataset.split}, {len(dataset)} images) x {len(suite.corruptions)} "
           f"corruptions x {len(args.severities)} severities; manifest: {manifest}")
     return 0
@@ -128,25 +118,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from .adaptation import load_adapted_model
 
         models += [load_adapted_model(d, device, merge=args.merge) for d in args.adapter]
-    spec = GridSpec(
-        models=models,
-        datasets=args.dataset,
-        suite=args.suite,
-        corruptions=args.corruptions,
-        severities=args.severities,
-        split=args.split,
-        seed=args.seed,
-        templates=args.templates,
+    spec = _config(
+        GridSpec, args, models=models, datasets=args.dataset, device=device,
         benchmark_dir=Path(args.benchmark_dir) if args.benchmark_dir else None,
-        layout=args.layout,
-        batch_size=args.batch_size,
-        device=device,
-        precision=args.precision,
         data_root=Path(args.data_root) if args.data_root else None,
-        size=args.size,
-        resize=not args.native_size,
-        pretrained=not args.random_weights,
-        limit=args.limit,
+        resize=not args.native_size, pretrained=not args.random_weights,
     )
     summary = run_grid(spec, args.run_dir, progress=not args.quiet, shard=shard)
     store_dir = shard.store_dir(args.run_dir) if shard else Path(args.run_dir)
@@ -179,9 +155,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def _config(cls: type[C], args: argparse.Namespace, **derived: Any) -> C:
     """Build the config dataclass ``cls`` from the parsed options whose ``dest`` is one of its
-    fields, plus ``derived`` values (nested configs, defaults that depend on other options)."""
+    fields, plus ``derived`` values (nested configs, converted options, defaults that depend
+    on other options), which take the place of an option of the same name."""
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in vars(args).items() if k in names}, **derived)
+    return cls(**{**{k: v for k, v in vars(args).items() if k in names}, **derived})
 
 
 def _warmup(text: str) -> float | int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -185,8 +186,8 @@ def test_corruption_augmentation(tmp_path: Path, shared_data, breast_batch) -> N
     corrupt = RandomCorruption(suite, p=1.0)
     with torch.no_grad():
         plain = trainer.loss(images, labels, 0)
-        augmented = trainer.loss(images, labels, 0, augment=corrupt,
-                                 generator=torch.Generator().manual_seed(0))
+        augmented = trainer.loss(images, labels, 0,
+                                 augment=partial(corrupt, generator=torch.Generator().manual_seed(0)))
     assert not torch.equal(plain, augmented)
 
 

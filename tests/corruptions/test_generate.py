@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from medrobust.corruptions import corrupt, get_suite
-from medrobust.corruptions.generate import generate_benchmark
+from medrobust.corruptions.generate import GenerateConfig, generate_benchmark
 from medrobust.data import load_medmnist
 
 
@@ -22,8 +22,10 @@ def _suite():
 
 
 def test_medimeta_c_layout_is_complete_and_pixel_aligned(breast, tmp_path):
-    manifest = generate_benchmark(breast, _suite(), tmp_path, layout="medimeta-c", severities=(1, 5),
-                                  batch_size=4, progress=False)
+    manifest = generate_benchmark(
+        breast, _suite(), tmp_path,
+        GenerateConfig(layout="medimeta-c", severities=(1, 5), batch_size=4), progress=False,
+    )
     folder = tmp_path / "breastmnist" / "test"
     names = sorted(p.name for p in folder.iterdir())
     assert names == ["clean.npz", "pixelate_severity_1.npz", "pixelate_severity_5.npz",
@@ -48,7 +50,8 @@ def test_rgb_dataset_every_medimeta_c_corruption(shared_data, tmp_path):
     writes a complete file whose images equal the same corruption applied in memory."""
     retina = load_medmnist("retinamnist", split="test", root=shared_data, download=False).subset(range(6))
     suite = get_suite("medimeta-c")
-    generate_benchmark(retina, suite, tmp_path, severities=(3,), batch_size=4, progress=False)
+    generate_benchmark(retina, suite, tmp_path, GenerateConfig(severities=(3,), batch_size=4),
+                       progress=False)
     folder = tmp_path / "retinamnist" / "test"
     with np.load(folder / "clean.npz") as f:
         clean = f["images"]
@@ -61,7 +64,7 @@ def test_rgb_dataset_every_medimeta_c_corruption(shared_data, tmp_path):
 
 
 def test_medmnist_c_layout_is_severity_major(breast, tmp_path):
-    generate_benchmark(breast, _suite(), tmp_path, layout="medmnist-c", progress=False)
+    generate_benchmark(breast, _suite(), tmp_path, GenerateConfig(layout="medmnist-c"), progress=False)
     with np.load(tmp_path / "breastmnist" / "pixelate.npz") as f:
         images, labels = f["test_images"], f["test_labels"]
     assert images.shape == (50, 224, 224) and labels.shape == (50, 1)
@@ -75,7 +78,8 @@ def test_medmnist_c_layout_is_severity_major(breast, tmp_path):
 
 def test_same_seed_byte_identical_independent_of_batch_size(breast, tmp_path):
     for name, bs in (("a", 3), ("b", 10)):
-        generate_benchmark(breast, _suite(), tmp_path / name, severities=(2,), batch_size=bs, progress=False)
+        generate_benchmark(breast, _suite(), tmp_path / name,
+                           GenerateConfig(severities=(2,), batch_size=bs), progress=False)
     for f in ("clean.npz", "speckle_noise_severity_2.npz"):
         a = (tmp_path / "a" / "breastmnist" / "test" / f).read_bytes()
         b = (tmp_path / "b" / "breastmnist" / "test" / f).read_bytes()
@@ -83,22 +87,24 @@ def test_same_seed_byte_identical_independent_of_batch_size(breast, tmp_path):
 
 
 def test_resume_skips_finished_files_and_refuses_other_settings(breast, tmp_path):
-    generate_benchmark(breast, _suite(), tmp_path, severities=(1,), progress=False)
+    generate_benchmark(breast, _suite(), tmp_path, GenerateConfig(severities=(1,)), progress=False)
     target = tmp_path / "breastmnist" / "test" / "pixelate_severity_1.npz"
     before = target.stat().st_mtime_ns
     (tmp_path / "breastmnist" / "test" / "speckle_noise_severity_1.npz").unlink()
-    generate_benchmark(breast, _suite(), tmp_path, severities=(1,), progress=False)
+    generate_benchmark(breast, _suite(), tmp_path, GenerateConfig(severities=(1,)), progress=False)
     assert target.stat().st_mtime_ns == before
     assert (tmp_path / "breastmnist" / "test" / "speckle_noise_severity_1.npz").is_file()
-    generate_benchmark(breast, _suite(), tmp_path, severities=(1,), progress=False)  # all done
+    generate_benchmark(breast, _suite(), tmp_path, GenerateConfig(severities=(1,)), progress=False)  # all done
     assert target.stat().st_mtime_ns == before
     with pytest.raises(ValueError, match="other settings"):
-        generate_benchmark(breast, _suite(), tmp_path, severities=(1,), seed=1, progress=False)
+        generate_benchmark(breast, _suite(), tmp_path, GenerateConfig(severities=(1,), seed=1),
+                           progress=False)
 
 
 def test_native_size_keeps_28px(breast, tmp_path):
     suite = get_suite("medmnist-c/breastmnist")
-    generate_benchmark(breast, suite, tmp_path, severities=(5,), resize=False, progress=False)
+    generate_benchmark(breast, suite, tmp_path, GenerateConfig(severities=(5,), resize=False),
+                       progress=False)
     for path in (tmp_path / "breastmnist" / "test").iterdir():
         with np.load(path) as f:
             assert f["images"].shape == (10, 28, 28)
@@ -113,7 +119,7 @@ def test_failure_leaves_no_partial_file(breast, tmp_path, monkeypatch):
 
     monkeypatch.setattr(type(entry), "apply", boom)
     with pytest.raises(RuntimeError):
-        generate_benchmark(breast, suite, tmp_path, severities=(1,), progress=False)
+        generate_benchmark(breast, suite, tmp_path, GenerateConfig(severities=(1,)), progress=False)
     files = sorted(p.name for p in (tmp_path / "breastmnist" / "test").iterdir())
     assert files == ["clean.npz"]
 
@@ -132,7 +138,8 @@ def test_writer_thread_failure_surfaces_and_leaves_no_partial_file(breast, tmp_p
 
     monkeypatch.setattr(NpzWriter, "write", failing_write)
     with pytest.raises(OSError, match="No space left"):
-        generate_benchmark(breast, _suite(), tmp_path, severities=(1,), batch_size=4, progress=False)
+        generate_benchmark(breast, _suite(), tmp_path, GenerateConfig(severities=(1,), batch_size=4),
+                           progress=False)
     files = sorted(p.name for p in (tmp_path / "breastmnist" / "test").iterdir())
     assert files == ["clean.npz"]
     manifest = json.loads((tmp_path / "breastmnist" / "test-manifest.json").read_text())
@@ -154,7 +161,8 @@ def test_finisher_failure_surfaces_and_keeps_only_finished_files(breast, tmp_pat
 
     monkeypatch.setattr(NpzWriter, "close", failing_close)
     with pytest.raises(OSError, match="Input/output error"):
-        generate_benchmark(breast, _suite(), tmp_path, severities=(1,), batch_size=4, progress=False)
+        generate_benchmark(breast, _suite(), tmp_path, GenerateConfig(severities=(1,), batch_size=4),
+                           progress=False)
     folder = tmp_path / "breastmnist" / "test"
     files = sorted(p.name for p in folder.iterdir())
     assert files == ["clean.npz"], files  # no temporary or later file survives

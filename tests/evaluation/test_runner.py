@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from medrobust.corruptions import get_suite
-from medrobust.corruptions.generate import generate_benchmark
+from medrobust.corruptions.generate import GenerateConfig, generate_benchmark
 from medrobust.data import IncompleteBenchmarkError, load_medmnist
 from medrobust.evaluation import GridSpec, ResultsStore, run_grid
 from medrobust.evaluation.metrics import accuracy
@@ -74,7 +74,8 @@ def test_several_models_share_each_cell_and_resume_per_model(tiny_clip, breast, 
 
 def test_benchmark_folder_gives_the_same_results_as_on_the_fly(tiny_clip, breast, tmp_path):
     suite = get_suite("medmnist-c/breastmnist").select(["pixelate", "speckle_noise"])
-    generate_benchmark(breast, suite, tmp_path / "bench", severities=(1, 5), progress=False)
+    generate_benchmark(breast, suite, tmp_path / "bench", GenerateConfig(severities=(1, 5)),
+                       progress=False)
     run_grid(_spec(tiny_clip, breast), tmp_path / "fly", progress=False)
     run_grid(_spec(tiny_clip, breast, benchmark_dir=tmp_path / "bench"), tmp_path / "disk", progress=False)
     with ResultsStore(tmp_path / "fly") as a, ResultsStore(tmp_path / "disk") as b:
@@ -85,7 +86,8 @@ def test_benchmark_folder_gives_the_same_results_as_on_the_fly(tiny_clip, breast
 
 def test_incomplete_benchmark_folder_names_missing_files(tiny_clip, breast, tmp_path):
     suite = get_suite("medmnist-c/breastmnist").select(["pixelate"])
-    generate_benchmark(breast, suite, tmp_path / "bench", severities=(1,), progress=False)
+    generate_benchmark(breast, suite, tmp_path / "bench", GenerateConfig(severities=(1,)),
+                       progress=False)
     with pytest.raises(IncompleteBenchmarkError, match="speckle_noise_severity_1"):
         run_grid(_spec(tiny_clip, breast, benchmark_dir=tmp_path / "bench", severities=(1,)),
                  tmp_path / "run", progress=False)

@@ -23,6 +23,7 @@ resumable state written atomically each epoch. All randomness comes from generat
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -67,6 +68,9 @@ from .training import (
 )
 
 __all__ = ["MONITORS", "PRECISIONS", "AdaptConfig", "LoraTrainer", "adapt"]
+
+Augment = Callable[[Tensor], Tensor]
+"""A batch augmentation: a ``RandomCorruption`` with its generator bound."""
 
 _DEVICE_BYTES = 2 << 30  # few-shot images up to this size live on the accelerator
 _CACHE_BYTES = 4 << 30  # few-shot images up to this size are resized once, not every step
@@ -127,21 +131,15 @@ class LoraTrainer:
         """Optimizer steps taken."""
         return self.stepper.steps
 
-    def loss(
-        self,
-        images: Tensor,
-        labels: Tensor,
-        head: int,
-        *,
-        augment: RandomCorruption | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """Mean cross-entropy of ``logit_scale x cosine`` logits for raw uint8 images."""
+    def loss(self, images: Tensor, labels: Tensor, head: int, *,
+             augment: Augment | None = None) -> Tensor:
+        """Mean cross-entropy of ``logit_scale x cosine`` logits for raw uint8 images;
+        ``augment`` (a corruption with its generator bound) runs after the resize."""
         x = images.to(self.device, non_blocking=True)
         if self.resize_to is not None:
             x = prepare_images(x, self.resize_to)
         if augment is not None:
-            x = augment(x, generator=generator)
+            x = augment(x)
         pixels = self.model.preprocess(x)
         amp = self.amp_dtype
         with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
@@ -150,18 +148,12 @@ class LoraTrainer:
         logits = self.scale * features @ self.heads[head].T
         return F.cross_entropy(logits, labels.to(self.device, non_blocking=True))
 
-    def train_step(
-        self,
-        images: Tensor,
-        labels: Tensor,
-        head: int,
-        *,
-        augment: RandomCorruption | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """Forward and backward of one batch; steps the optimizer every ``grad_accum`` batches.
-        Returns the batch's loss (detached, on the device: no synchronisation)."""
-        loss = self.loss(images, labels, head, augment=augment, generator=generator)
+    def train_step(self, images: Tensor, labels: Tensor, head: int, *,
+                   augment: Augment | None = None) -> Tensor:
+        """Forward and backward of one batch (as :meth:`loss`); steps the optimizer every
+        ``grad_accum`` batches. Returns the batch's loss (detached, on the device: no
+        synchronisation)."""
+        loss = self.loss(images, labels, head, augment=augment)
         self.stepper.backward(loss)
         return loss.detach()
 
@@ -712,9 +704,8 @@ def _train_epoch(
         for i, (k, rows) in enumerate(bar):
             t = tasks[k]
             index = rows.to(t.images.device)
-            loss = trainer.train_step(
-                t.images[index], t.labels[index], t.head, augment=t.augment, generator=aug_gen
-            )
+            augment = None if t.augment is None else functools.partial(t.augment, generator=aug_gen)
+            loss = trainer.train_step(t.images[index], t.labels[index], t.head, augment=augment)
             total += loss * len(rows)
             count += len(rows)
             if progress and i % 10 == 0:

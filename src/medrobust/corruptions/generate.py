@@ -21,6 +21,7 @@ import queue
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,12 @@ from tqdm.auto import tqdm
 from .. import __version__
 from .._files import file_sha256, write_text_atomic
 from ..data import ImageDataset, NpzWriter
-from ..data.layouts import LAYOUTS, BenchmarkFile, get_layout
+from ..data.layouts import LAYOUTS, BenchmarkFile, Layout, get_layout
 from ..severity import SEVERITIES, check_severity, is_clean
 from .api import prepare_images
 from .suites import Suite
 
-__all__ = ["LAYOUTS", "BenchmarkFile", "generate_benchmark", "plan_benchmark"]
+__all__ = ["LAYOUTS", "BenchmarkFile", "GenerateConfig", "generate_benchmark", "plan_benchmark"]
 
 _WRITE_QUEUE = 6  # calls (mostly batch writes) queued ahead of the writer thread: bounds memory
 
@@ -77,18 +78,53 @@ def _manifest_entry(file: BenchmarkFile, n: int) -> dict[str, Any]:
             "severities": list(file.severities), "images": file.blocks * n}
 
 
+@dataclass(frozen=True)
+class GenerateConfig:
+    """How a benchmark is made: the settings recorded in its manifest (a folder made with
+    other settings is refused). ``resize`` False keeps the native size and scales the
+    size-dependent parameters; ``batch_size`` bounds memory and does not change any image."""
+
+    layout: str = "medimeta-c"
+    severities: tuple[int, ...] = SEVERITIES
+    seed: int = 0
+    batch_size: int = 256
+    resize: bool = True
+    compress: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "severities", tuple(check_severity(s) for s in self.severities))
+
+
+@dataclass
+class _Job:
+    """One generation run: what it reads, where it writes, and its manifest."""
+
+    dataset: ImageDataset
+    suite: Suite
+    config: GenerateConfig
+    layout: Layout
+    root: Path
+    device: torch.device
+    manifest_path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def outputs(self) -> dict[str, Any]:
+        return self.manifest["files"]
+
+    @property
+    def size(self) -> int | None:
+        """The side the clean images are resized to (None: native size)."""
+        return self.suite.reference_size if self.config.resize else None
+
+
 def generate_benchmark(
     dataset: ImageDataset,
     suite: Suite,
     out_dir: str | Path,
+    config: GenerateConfig = GenerateConfig(),
     *,
-    layout: str = "medimeta-c",
-    severities: Sequence[int] = SEVERITIES,
-    seed: int = 0,
     device: str | torch.device = "cpu",
-    batch_size: int = 256,
-    resize: bool = True,
-    compress: bool = False,
     progress: bool = True,
 ) -> Path:
     """Generate ``suite`` on ``dataset`` under ``out_dir``; returns the manifest's path.
@@ -98,13 +134,27 @@ def generate_benchmark(
     keyed by ``(seed, corruption, s, i)`` and does not depend on ``batch_size`` or device
     placement of other images.
     """
-    severities = tuple(check_severity(s) for s in severities)
-    layout_ = get_layout(layout, out_dir)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    layout = get_layout(config.layout, out_dir)
+    if config.batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {config.batch_size}")
     if len(dataset) == 0:
         raise ValueError(f"dataset {dataset.name!r} ({dataset.split}) has no images")
     root = Path(out_dir)
+    _check_writable(root)
+    job = _start(dataset, suite, config, layout, root, torch.device(device))
+    files = layout.files(dataset.name, dataset.split, suite.corruptions, config.severities)
+    _write_pending([f for f in files if not f.path.is_file()], job, progress)
+    n = len(dataset)
+    for file in files:
+        key = str(file.path.relative_to(root))
+        if key not in job.outputs:
+            job.outputs[key] = {**_manifest_entry(file, n), "sha256": file_sha256(file.path)}
+    job.manifest["complete"] = True
+    _write_json_atomic(job.manifest_path, job.manifest)
+    return job.manifest_path
+
+
+def _check_writable(root: Path) -> None:
     try:
         root.mkdir(parents=True, exist_ok=True)
         probe = root / f".write-test-{os.getpid()}"
@@ -112,94 +162,109 @@ def generate_benchmark(
         probe.unlink()
     except OSError as exc:
         raise PermissionError(f"cannot write to output folder {root}: {exc}") from exc
-    device = torch.device(device)
-    size = suite.reference_size if resize else None
-    config = {
+
+
+def _start(
+    dataset: ImageDataset, suite: Suite, config: GenerateConfig, layout: Layout, root: Path,
+    device: torch.device,
+) -> _Job:
+    """Write the run's manifest (keeping the files of an earlier run with the same settings;
+    refusing a folder made with other settings) and return the job."""
+    recorded = {
         "suite": suite.to_dict(),
         "dataset": dataset.name,
         "split": dataset.split,
         "source": str(dataset.source),
-        "input_sha256": _dataset_hash(dataset, batch_size),
-        "layout": layout,
-        "severities": list(severities),
-        "seed": seed,
-        "resize": size,
-        "compress": compress,
+        "input_sha256": _dataset_hash(dataset, config.batch_size),
+        "layout": config.layout,
+        "severities": list(config.severities),
+        "seed": config.seed,
+        "resize": suite.reference_size if config.resize else None,
+        "compress": config.compress,
     }
-    manifest_path = layout_.manifest_path(dataset.name, dataset.split)
+    manifest_path = layout.manifest_path(dataset.name, dataset.split)
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
-    if previous is not None and previous.get("config") != config:
+    if previous is not None and previous.get("config") != recorded:
         raise ValueError(
             f"{root} already holds a benchmark of {dataset.name} made with other settings "
             f"(see {manifest_path}); choose another --out or delete that folder"
         )
-    files = layout_.files(dataset.name, dataset.split, suite.corruptions, severities)
     outputs: dict[str, Any] = dict(previous.get("files", {})) if previous else {}
-    pending = [f for f in files if not f.path.is_file()]
-    manifest = {"config": config, "versions": _versions(), "device": str(device), "files": outputs}
+    manifest = {"config": recorded, "versions": _versions(), "device": str(device), "files": outputs}
     _write_json_atomic(manifest_path, manifest)
+    return _Job(dataset, suite, config, layout, root, device, manifest_path, manifest)
 
+
+def _cache_clean(job: _Job, cache_path: Path, image_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The prepared clean images in a memory-mapped cache, and each row's dataset index
+    (which keys its random streams)."""
+    n = len(job.dataset)
+    clean = np.lib.format.open_memmap(cache_path, mode="w+", dtype=np.uint8, shape=(n, *image_shape))
+    positions = np.empty(n, dtype=np.int64)
+    offset = 0
+    for indices, images, _ in job.dataset.iter_batches(job.config.batch_size):
+        clean[offset : offset + len(indices)] = _to_numpy(prepare_images(images, job.size))
+        positions[offset : offset + len(indices)] = indices
+        offset += len(indices)
+    clean.flush()
+    return clean, positions
+
+
+def _write_pending(pending: list[BenchmarkFile], job: _Job, progress: bool) -> None:
+    """Write the files not on disk yet, each entered in the manifest once complete."""
+    dataset, config = job.dataset, job.config
     n = len(dataset)
-    first = prepare_images(next(dataset.iter_batches(1))[1], size)
+    first = prepare_images(next(dataset.iter_batches(1))[1], job.size)
     image_shape = tuple(first.shape[-2:]) + ((3,) if first.shape[1] == 3 else ())
-    factor = 1.0 if resize else first.shape[-1] / suite.reference_size
+    factor = 1.0 if config.resize else first.shape[-1] / job.suite.reference_size
     labels = np.asarray(dataset.labels)
-    cache_path = root / dataset.name / f".{dataset.split}-clean-cache.npy"
-    positions = np.empty(n, dtype=np.int64)  # dataset index of each row: keys the random streams
+    cache_path = job.root / dataset.name / f".{dataset.split}-clean-cache.npy"
     total = sum(f.blocks for f in pending) * n
-    bar = tqdm(total=total, unit="img", desc=f"{dataset.name} {suite.name}", disable=not progress)
+    bar = tqdm(total=total, unit="img", desc=f"{dataset.name} {job.suite.name}", disable=not progress)
     try:
-        if pending:
-            clean = np.lib.format.open_memmap(cache_path, mode="w+", dtype=np.uint8, shape=(n, *image_shape))
-            offset = 0
-            for indices, images, _ in dataset.iter_batches(batch_size):
-                clean[offset : offset + len(indices)] = _to_numpy(prepare_images(images, size))
-                positions[offset : offset + len(indices)] = indices
-                offset += len(indices)
-            clean.flush()
+        if not pending:
+            return
+        clean, positions = _cache_clean(job, cache_path, image_shape)
         # the finisher is left last: the batch writer's queued hand-overs reach it first
         with _Writer("medrobust-finisher") as finisher, _Writer("medrobust-writer") as background:
             for file in pending:
-                writer = NpzWriter(file.path, compress=compress)
+                writer = NpzWriter(file.path, compress=config.compress)
                 finisher.own(writer)
-                background.submit(layout_.start_file, writer, file, labels, image_shape)
+                background.submit(job.layout.start_file, writer, file, labels, image_shape)
                 for s in file.severities or (None,):
-                    for start in range(0, n, batch_size):
-                        stop = min(n, start + batch_size)
-                        batch = torch.from_numpy(np.ascontiguousarray(clean[start:stop])).to(device)
-                        batch = batch[:, None] if batch.ndim == 3 else batch.permute(0, 3, 1, 2)
-                        if s is not None:
-                            batch = suite[file.corruption].apply(
-                                batch, s, seed=seed, indices=positions[start:stop].tolist(),
-                                size_factor=factor,
-                            )
-                        background.submit(writer.write, layout_.image_key, _to_numpy(batch))
+                    for start in range(0, n, config.batch_size):
+                        stop = min(n, start + config.batch_size)
+                        batch = _corrupted(job, clean, positions, start, stop, file.corruption, s, factor)
+                        background.submit(writer.write, job.layout.image_key, _to_numpy(batch))
                         bar.update(stop - start)
                 entry = _manifest_entry(file, n)
                 background.submit(finisher.submit, writer.close)
-                background.submit(
-                    finisher.submit, _record, outputs, root, file.path, entry, manifest_path, manifest
-                )
+                background.submit(finisher.submit, _record, job, file.path, entry)
     finally:
         bar.close()
         cache_path.unlink(missing_ok=True)
-    for file in files:
-        key = str(file.path.relative_to(root))
-        if key not in outputs:
-            outputs[key] = {**_manifest_entry(file, n), "sha256": file_sha256(file.path)}
-    manifest["complete"] = True
-    _write_json_atomic(manifest_path, manifest)
-    return manifest_path
 
 
-def _record(
-    outputs: dict[str, Any], root: Path, path: Path, entry: dict[str, Any],
-    manifest_path: Path, manifest: dict[str, Any],
-) -> None:
+def _corrupted(
+    job: _Job, clean: np.ndarray, positions: np.ndarray, start: int, stop: int,
+    corruption: str, severity: int | None, factor: float,
+) -> torch.Tensor:
+    """Rows ``start:stop`` of the clean cache on the device, corrupted (severity None: clean)."""
+    batch = torch.from_numpy(np.ascontiguousarray(clean[start:stop])).to(job.device)
+    batch = batch[:, None] if batch.ndim == 3 else batch.permute(0, 3, 1, 2)
+    if severity is None:
+        return batch
+    return job.suite[corruption].apply(
+        batch, severity, seed=job.config.seed, indices=positions[start:stop].tolist(),
+        size_factor=factor,
+    )
+
+
+def _record(job: _Job, path: Path, entry: dict[str, Any]) -> None:
     """Enter a finished file with its SHA-256 in the manifest and save the manifest."""
-    outputs[str(path.relative_to(root))] = {**entry, "sha256": file_sha256(path)}
-    _write_json_atomic(manifest_path, manifest)
+    job.outputs[str(path.relative_to(job.root))] = {**entry, "sha256": file_sha256(path)}
+    _write_json_atomic(job.manifest_path, job.manifest)
 
 
 class _Writer:

@@ -32,6 +32,7 @@ __all__ = [
     "IncompleteGridWarning",
     "RobustnessSummary",
     "balanced_error_ratio",
+    "check_error_type",
     "clean_error_ratio",
     "corruption_error",
     "error_grid",
@@ -62,7 +63,8 @@ class IncompleteGridWarning(UserWarning):
 # ----------------------------------------------------------------------------- error grids
 
 
-def _check_error_type(error_type: str) -> str:
+def check_error_type(error_type: str) -> str:
+    """``error_type`` if it names a stored error column (``ERROR_TYPES``), else ValueError."""
     if error_type not in ERROR_TYPES:
         raise ValueError(f"error_type must be one of {ERROR_TYPES}; got {error_type!r}")
     return error_type
@@ -140,7 +142,7 @@ class ErrorGrid:
     name: str | None = None
 
     def __post_init__(self) -> None:
-        _check_error_type(self.error_type)
+        check_error_type(self.error_type)
         corrupted = {}
         for c, value in self.corrupted.items():
             if not isinstance(c, str) or c == CLEAN:
@@ -181,7 +183,7 @@ def error_grid(
     output, from which ``error_type`` is read (or derived as 1 - ``accuracy`` /
     1 - ``balanced_accuracy`` when only that is present).
     """
-    _check_error_type(error_type)
+    check_error_type(error_type)
     if isinstance(table, Mapping):
         if select:
             raise ValueError("select filters record lists only; a mapping holds one model")
@@ -394,7 +396,7 @@ def _as_grid(table: ErrorGrid | ErrorTable, error_type: str, role: str) -> Error
 
 def _resolve_error_type(error_type: str | None, *tables: ErrorGrid | ErrorTable | str) -> str:
     if error_type is not None:
-        return _check_error_type(error_type)
+        return check_error_type(error_type)
     for t in tables:
         if isinstance(t, ErrorGrid):
             return t.error_type

@@ -23,7 +23,7 @@ from typing import Any
 
 from .. import __version__
 from .._files import write_text_atomic
-from ..evaluation.robustness import ERROR_TYPES, MIN_DENOMINATOR
+from ..evaluation.robustness import MIN_DENOMINATOR, check_error_type
 from ..evaluation.store import ResultsStore
 from ..severity import CLEAN
 from .analysis import Analysis, analyse
@@ -422,8 +422,7 @@ def write_report(
     FileNotFoundError if the run folder or its database is missing, ValueError if the database
     holds no finished cells or an argument is invalid.
     """
-    if error_type not in ERROR_TYPES:
-        raise ValueError(f"error_type must be one of {ERROR_TYPES}; got {error_type!r}")
+    check_error_type(error_type)
     run_dir = Path(run_dir)
     montages = _check_montages(montage_images)
     rows, info = _load_run(run_dir)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..evaluation.robustness import ERROR_TYPES
+from ..evaluation.robustness import check_error_type
 from ..severity import CLEAN
 
 __all__ = [
@@ -111,12 +111,6 @@ class RunResults:
         per_model = sum(1 + len(b.corruptions + b.held_out) * len(b.severities)
                         for b in self.benchmarks)
         return per_model * len(self.models)
-
-
-def _check_error_type(error_type: str) -> str:
-    if error_type not in ERROR_TYPES:
-        raise ValueError(f"error_type must be one of {ERROR_TYPES}; got {error_type!r}")
-    return error_type
 
 
 def dataset_modality(dataset: str, modalities: Mapping[str, str] | None = None) -> str:
@@ -306,7 +300,7 @@ def collect_results(
     ``expected_corruptions[dataset]``, the benchmark corruptions of its suite, or those the
     run holds; its severities are those evaluated on it by any model.
     """
-    _check_error_type(error_type)
+    check_error_type(error_type)
     rows = list(rows)
     if not rows:
         raise ValueError("no finished cells: the run database holds no results yet")
