@@ -1,6 +1,6 @@
 """Data layer: labelled image sets, MedMNIST loading, benchmark layouts, safe npz I/O."""
 
-from .catalog import open_dataset
+from .catalog import MODALITIES, DataOptions, medmnist_c_dataset_for, open_dataset
 from .datasets import (
     TASKS,
     DatasetInfo,
@@ -57,10 +57,12 @@ __all__ = [
     "MEDIMETA_C_DATASETS",
     "MEDMNIST_2D_FLAGS",
     "MEDMNIST_MODALITIES",
+    "MODALITIES",
     "SEVERITIES",
     "TASKS",
     "BenchmarkFile",
     "DataNotFoundError",
+    "DataOptions",
     "DatasetInfo",
     "ImageDataset",
     "IncompleteBenchmarkError",
@@ -80,6 +82,7 @@ __all__ = [
     "load_npz",
     "load_npz_rows",
     "medimeta_c_path",
+    "medmnist_c_dataset_for",
     "medmnist_c_path",
     "medmnist_filename",
     "medmnist_info",

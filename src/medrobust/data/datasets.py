@@ -130,7 +130,9 @@ class ImageDataset:
 
     ``labels`` are int64 (N,) for single-label tasks or (N, K) 0/1 for multi-label ones
     ((N, 1) single-label labels are squeezed). ``indices`` (default ``arange(N)``) gives each
-    row's position in the original dataset.
+    row's position in the original dataset. ``reading`` records the choices made when the
+    images were read (grey conversion, squaring, slicing); empty when the data was used as
+    stored.
     """
 
     name: str
@@ -142,6 +144,7 @@ class ImageDataset:
     task: str
     source: str
     indices: np.ndarray = field(default=None)  # type: ignore[assignment]
+    reading: dict[str, Any] = field(default_factory=dict)  # how files became these images
 
     def __post_init__(self) -> None:
         check_images(self.images, channels_last=True)
@@ -223,6 +226,7 @@ class ImageDataset:
             task=self.task,
             source=self.source,
             indices=self.indices[pos],
+            reading=dict(self.reading),
         )
 
     def iter_batches(

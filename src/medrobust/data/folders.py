@@ -1,5 +1,7 @@
 """Datasets stored as image files: class sub-folders, and the MedIMeta on-disk format.
 
+Files are decoded by :mod:`.readers` (PIL formats, DICOM, NIfTI).
+
 MedIMeta (Woerner et al.; ``medimeta-pytorch``) stores each dataset as::
 
     <root>/<dir>/info.yaml                 id, name, domain, input_size [C, H, W], tasks
@@ -11,20 +13,30 @@ MedIMeta (Woerner et al.; ``medimeta-pytorch``) stores each dataset as::
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .datasets import ImageDataset
 from .paths import DataNotFoundError
+from .readers import (
+    DICOM_EXTENSIONS,
+    IMAGE_EXTENSIONS,
+    NIFTI_EXTENSIONS,
+    FileInfo,
+    ImageFileError,
+    Slicing,
+    file_format,
+    probe_file,
+    read_file,
+    square_images,
+)
 
 __all__ = ["IMAGE_EXTENSIONS", "load_images", "read_image_folder", "read_medimeta"]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
-_GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 _MEDIMETA_TASKS = {
     "BINARY_CLASSIFICATION": "binary",
     "MULTICLASS_CLASSIFICATION": "multi-class",
@@ -42,29 +54,27 @@ def _size_hw(size: int | Sequence[int] | None) -> tuple[int, int] | None:
     return hw  # type: ignore[return-value]
 
 
-def _to_8bit(img: Image.Image) -> Image.Image:
-    """High-bit-depth grey (I;16, I, F) -> 8-bit 'L' by scaling the full type range."""
-    if img.mode in ("1", "L", "LA", "RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV"):
-        return img
-    arr = np.asarray(img, dtype=np.float64)
-    top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-    return Image.fromarray(np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8))
-
-
 def load_images(
-    paths: Sequence[Path], *, grey: bool, size: tuple[int, int] | None = None
+    paths: Sequence[Path],
+    *,
+    grey: bool,
+    size: tuple[int, int] | None = None,
+    resize: str = "stretch",
+    slicing: Slicing | None = None,
+    infos: Sequence[FileInfo] | None = None,
 ) -> np.ndarray:
-    """Decode ``paths`` to one uint8 (N, H, W) or (N, H, W, 3) array with PIL.
+    """Decode ``paths`` to one uint8 (N, H, W) or (N, H, W, 3) array (see :mod:`.readers`).
 
-    ``size`` = (height, width) resizes with bicubic filtering; without it all images must
-    share one size (else a ValueError lists the sizes found).
+    ``size`` = (height, width) resizes with bicubic filtering after ``resize`` made each
+    image square ('stretch' leaves it to the resize, 'pad' or 'crop' keep the aspect ratio);
+    without ``size`` all images must share one size (else a ValueError lists the sizes
+    found). A volume or multi-frame file gives the rows ``slicing`` picks.
     """
+    slicing = slicing or Slicing()
+    infos = list(infos) if infos is not None else [probe_file(p, slicing) for p in paths]
     mode = "L" if grey else "RGB"
     if size is None:
-        sizes = Counter()
-        for path in paths:
-            with _open(path) as img:
-                sizes[(img.height, img.width)] += 1
+        sizes = Counter((i.height, i.width) for i in infos for _ in range(i.count))
         if len(sizes) > 1:
             raise ValueError(
                 f"images differ in size (height, width): {dict(sizes.most_common(5))}; "
@@ -72,29 +82,22 @@ def load_images(
             )
         size = next(iter(sizes), (0, 0))
     h, w = size
-    out = np.empty((len(paths), h, w) if grey else (len(paths), h, w, 3), dtype=np.uint8)
-    for i, path in enumerate(paths):
-        with _open(path) as img:
-            img = _to_8bit(img).convert(mode)
+    n = sum(i.count for i in infos)
+    out = np.empty((n, h, w) if grey else (n, h, w, 3), dtype=np.uint8)
+    row = 0
+    for path, info in zip(paths, infos, strict=True):
+        images = read_file(path, slicing)
+        if len(images) != info.count:
+            raise ImageFileError(f"{path} changed while it was read ({info.count} -> {len(images)} images)")
+        for img in images:
+            img = img.convert(mode)
+            if resize != "stretch" and img.width != img.height:
+                img = Image.fromarray(square_images(np.asarray(img)[None], resize)[0])
             if img.size != (w, h):
                 img = img.resize((w, h), Image.Resampling.BICUBIC)
-            out[i] = np.asarray(img)
+            out[row] = np.asarray(img)
+            row += 1
     return out
-
-
-def _open(path: Path) -> Image.Image:
-    try:
-        return Image.open(path)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from exc
-
-
-def _majority_grey(paths: Iterable[Path]) -> bool:
-    votes = Counter()
-    for path in paths:
-        with _open(path) as img:
-            votes[img.mode in _GREY_MODES] += 1
-    return votes[True] > votes[False]
 
 
 def read_image_folder(
@@ -106,14 +109,20 @@ def read_image_folder(
     split: str = "all",
     modality: str = "unknown",
     task: str | None = None,
+    class_names: Sequence[str] | None = None,
+    resize: str = "stretch",
+    slicing: Slicing | None = None,
 ) -> ImageDataset:
-    """A dataset from ``path/<class>/<image>``: classes are the sorted sub-folder names.
+    """A dataset from ``path/<class>/<file>``: classes are the sorted sub-folder names.
 
-    ``mode`` 'L' (grey) or 'RGB'; None picks the majority mode of the files. ``size`` (int or
-    (height, width)) resizes; it is required when the images differ in size. ``task``
-    defaults to 'binary' for 2 classes, else 'multi-class'.
+    Files are images (PNG, JPEG, ...), DICOM or NIfTI (see :mod:`.readers`). ``mode`` 'L'
+    (grey) or 'RGB'; None picks the majority mode of the files. ``size`` (int or (height,
+    width)) resizes, after ``resize`` ('stretch', 'pad', 'crop') made non-square images
+    square; it is required when the images differ in size. ``class_names`` replaces the
+    folder names (same count, in the sorted folder order). ``task`` defaults to 'binary'
+    for 2 classes, else 'multi-class'. ``reading`` of the result records these choices.
     """
-    root = Path(path)
+    root, slicing = Path(path), slicing or Slicing()
     if not root.is_dir():
         raise DataNotFoundError(f"image folder not found: {root}")
     if mode not in (None, "L", "RGB"):
@@ -121,30 +130,52 @@ def read_image_folder(
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise ValueError(f"{root} has no class sub-folders (expected {root}/<class>/<image>)")
+    folder_names = [p.name for p in class_dirs]
+    names = _class_names(folder_names, class_names, root)
     files: list[Path] = []
-    labels: list[int] = []
+    per_file: list[int] = []
     for label, folder in enumerate(class_dirs):
-        found = sorted(
-            p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        )
+        found = sorted(p for p in folder.iterdir() if p.is_file() and file_format(p) is not None)
         if not found:
             raise ValueError(
-                f"class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
+                f"class folder {folder} holds no images "
+                f"({', '.join(IMAGE_EXTENSIONS + DICOM_EXTENSIONS + NIFTI_EXTENSIONS)})"
             )
         files += found
-        labels += [label] * len(found)
-    grey = _majority_grey(files) if mode is None else mode == "L"
-    images = load_images(files, grey=grey, size=_size_hw(size))
+        per_file += [label] * len(found)
+    infos = [probe_file(p, slicing) for p in files]
+    grey = sum(i.grey for i in infos) > len(infos) / 2 if mode is None else mode == "L"
+    images = load_images(files, grey=grey, size=_size_hw(size), resize=resize, slicing=slicing,
+                         infos=infos)
+    labels = np.repeat(np.asarray(per_file, dtype=np.int64), [i.count for i in infos])
+    reading: dict[str, object] = {"grey": grey, "resize": resize}
+    if any(file_format(p) in ("dicom", "nifti") for p in files):
+        reading.update(slice_axis=slicing.axis, slices=slicing.which)
+    if names != folder_names:
+        reading["folder_names"] = folder_names
     return ImageDataset(
         name=name or root.name,
         split=split,
         images=images,
-        labels=np.asarray(labels, dtype=np.int64),
-        class_names=[p.name for p in class_dirs],
+        labels=labels,
+        class_names=names,
         modality=modality,
         task=task or ("binary" if len(class_dirs) == 2 else "multi-class"),
         source=str(root),
+        reading=reading,
     )
+
+
+def _class_names(folder_names: list[str], given: Sequence[str] | None, root: Path) -> list[str]:
+    if given is None:
+        return folder_names
+    names = [str(n) for n in given]
+    if len(names) != len(folder_names):
+        raise ValueError(
+            f"{len(names)} class names given for the {len(folder_names)} class folders of {root} "
+            f"({', '.join(folder_names)}, in this order)"
+        )
+    return names
 
 
 def _medimeta_dir(root: Path, dataset_id: str) -> tuple[Path, dict]:
