@@ -189,6 +189,29 @@ def medmnist_c_datasets() -> list[str]:
     return list(MEDMNIST_C_TABLE)
 
 
+def _medmnist_c_dataset(dataset: str | None, modality: str | None) -> str:
+    """The MedMNIST dataset whose MedMNIST-C set a dataset gets; a clear error listing the
+    choices when neither its name nor its modality says."""
+    from ..data.catalog import MODALITIES, medmnist_c_dataset_for
+
+    flag = medmnist_c_dataset_for(dataset or "", modality)
+    if flag is not None:
+        return flag
+    if dataset is None and modality is None:
+        raise ValueError(
+            "the medmnist-c suite depends on the dataset: use medmnist-c/<flag> with one of "
+            + ", ".join(MEDMNIST_C_TABLE)
+        )
+    choices = ", ".join(k for k, (_, flag) in MODALITIES.items() if flag)
+    known = f"modality {modality!r}" if modality and modality != "unknown" else "no known modality"
+    raise KeyError(
+        f"no default corruption suite for dataset {dataset!r} ({known}): give --modality "
+        f"({choices}) to use that modality's MedMNIST-C corruptions, or --suite "
+        f"(medmnist-c/<dataset> with one of {', '.join(MEDMNIST_C_TABLE)}; imagenet-c; "
+        "medimeta-c; or a .toml/.yaml file)"
+    )
+
+
 def _medmnist_c_suite(dataset: str) -> Suite:
     try:
         colour, table = MEDMNIST_C_TABLE[dataset]
@@ -292,20 +315,19 @@ def list_suites() -> list[str]:
     return ["medmnist-c", "imagenet-c", "medimeta-c"]
 
 
-def get_suite(name: str | Path, dataset: str | None = None) -> Suite:
-    """A suite by name (``medmnist-c[/DATASET]``, ``imagenet-c``, ``medimeta-c``) or file path."""
+def get_suite(name: str | Path, dataset: str | None = None, modality: str | None = None) -> Suite:
+    """A suite by name (``medmnist-c[/DATASET]``, ``imagenet-c``, ``medimeta-c``) or file path.
+
+    Plain ``medmnist-c`` is the MedMNIST-C set of ``dataset`` when it is a MedMNIST dataset,
+    else of the MedMNIST dataset that ``modality`` stands for (see
+    :func:`medrobust.data.medmnist_c_dataset_for`); other suites ignore both.
+    """
     text = str(name)
     if text.endswith((".toml", ".yaml", ".yml")):
         return load_suite_file(text)
     base, _, suffix = text.partition("/")
     if base == "medmnist-c":
-        flag = suffix or dataset
-        if not flag:
-            raise ValueError(
-                "the medmnist-c suite depends on the dataset: use medmnist-c/<flag> with one of "
-                + ", ".join(MEDMNIST_C_TABLE)
-            )
-        return _medmnist_c_suite(flag)
+        return _medmnist_c_suite(suffix or _medmnist_c_dataset(dataset, modality))
     if suffix:
         raise KeyError(f"suite {base!r} takes no dataset; known suites: {', '.join(list_suites())}")
     if base == "imagenet-c":

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..corruptions import CorruptedDataset, Suite, get_suite
-from ..data import ImageDataset, open_dataset
+from ..data import DataOptions, ImageDataset, open_dataset
 from ..data.layouts import get_layout
 from ..models import ModelAdapter, create_model
 from ..models.zeroshot import ZeroShotClassifier
@@ -61,6 +61,7 @@ class GridSpec:
     pretrained: bool = True
     limit: int | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    data_options: DataOptions = field(default_factory=DataOptions)
 
 
 @dataclass
@@ -84,9 +85,14 @@ def _precision(spec: GridSpec, device: torch.device) -> str:
 
 def _suite_for(spec: GridSpec, dataset: ImageDataset) -> tuple[Suite, Suite]:
     """The whole suite of ``dataset`` and the part of it ``spec`` evaluates."""
-    name = spec.suite
-    suite = get_suite(name, dataset.name if name == "medmnist-c" else None)
+    suite = get_suite(spec.suite, dataset.name, dataset.modality)
     return suite, suite.select(spec.corruptions)
+
+
+def _suite_name(suite: Suite, dataset: ImageDataset) -> str:
+    """The suite's name in results; one borrowed from another dataset (a folder's modality ->
+    MedMNIST-C) says whose: ``medmnist-c/breastmnist``."""
+    return suite.name if suite.dataset in (None, dataset.name) else f"{suite.name}/{suite.dataset}"
 
 
 def suite_key(suite: str, dataset: str) -> str:
@@ -104,7 +110,7 @@ def _record_info(
     })  # fmt: skip
     for model in models:
         store.set_info("model", model.name, {"notes": model.info.notes})
-    store.set_info("suite", suite_key(whole.name, dataset.name), {
+    store.set_info("suite", suite_key(_suite_name(whole, dataset), dataset.name), {
         "corruptions": list(whole.corruptions),
         "benchmark_corruptions": list(whole.benchmark_corruptions),
     })  # fmt: skip
@@ -112,7 +118,8 @@ def _record_info(
 
 def _open_dataset(spec: GridSpec, item: str | ImageDataset) -> ImageDataset:
     dataset = item if isinstance(item, ImageDataset) else open_dataset(
-        item, split=spec.split, size=spec.size, root=spec.data_root
+        item, split=spec.split, size=spec.size, root=spec.data_root, options=spec.data_options,
+        named_classes=True,
     )
     if spec.limit is not None:
         dataset = dataset.subset(range(min(spec.limit, len(dataset))))
@@ -362,5 +369,7 @@ def _cell_key(
         "precision": classifier.precision,
         "code_version": __version__,
     }
+    if dataset.reading:  # only where files were read by choice: old runs keep their cell ids
+        config["reading"] = dataset.reading
     return CellKey(model.name, model.weights_hash, dataset.name, dataset.split, corruption,
-                   severity, spec.seed, suite.name, config)
+                   severity, spec.seed, _suite_name(suite, dataset), config)
