@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -142,3 +143,55 @@ def test_one_producer_thread_for_the_whole_run(tiny_clip, breast, shared_data, t
     pneumonia = load_medmnist("pneumoniamnist", root=shared_data, download=False).subset(range(12))
     summary = run_grid(_spec(tiny_clip, breast, datasets=[breast, pneumonia]), tmp_path, progress=False)
     assert summary.computed == 10 and started == [1]
+
+
+@pytest.fixture()
+def scan_folder(tmp_path):
+    """Six non-square grey-as-RGB PNGs in two class folders, as ultrasound often comes."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "scans"
+    for cls in ("benign", "malignant"):
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            grey = rng.integers(0, 256, (30, 44), dtype=np.uint8)
+            Image.fromarray(np.stack([grey] * 3, -1)).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_image_folder_grid_follows_modality_and_records_reading(tiny_clip, scan_folder, tmp_path):
+    from medrobust.data import DataOptions
+
+    options = DataOptions(grey=True, resize="pad", modality="ultrasound")
+    spec = _spec(tiny_clip, str(scan_folder), corruptions=["pixelate"], severities=(1,),
+                 data_options=options)
+    assert run_grid(spec, tmp_path / "fly", progress=False).computed == 2
+    with ResultsStore(tmp_path / "fly") as store:
+        rows = store.rows()
+    assert {r["suite"] for r in rows} == {"medmnist-c/breastmnist"}
+    config = json.loads(rows[0]["config"])
+    assert config["reading"] == {"grey": True, "resize": "pad"}
+    assert config["class_names"] == ["benign", "malignant"]
+
+    # a benchmark generated from the folder is read back by the same grid
+    from medrobust.data import open_dataset
+
+    dataset = open_dataset(scan_folder, options=options)
+    generate_benchmark(dataset, get_suite("medmnist-c", dataset.name, dataset.modality).select(["pixelate"]),
+                       tmp_path / "bench", severities=(1,), progress=False)
+    disk = dataclasses.replace(spec, benchmark_dir=tmp_path / "bench")
+    assert run_grid(disk, tmp_path / "disk", progress=False).computed == 2
+    with ResultsStore(tmp_path / "fly") as a, ResultsStore(tmp_path / "disk") as b:
+        for ra, rb in zip(a.rows(), b.rows(), strict=True):
+            np.testing.assert_allclose(a.predictions(ra)[0], b.predictions(rb)[0], atol=1e-5)
+
+
+def test_folder_without_modality_and_unnamed_classes_are_refused(tiny_clip, scan_folder, tmp_path):
+    with pytest.raises(KeyError, match=r"no default corruption suite for dataset 'scans'.*--modality"):
+        run_grid(_spec(tiny_clip, str(scan_folder)), tmp_path / "a", progress=False)
+    np.savez(tmp_path / "mine.npz", test_images=np.zeros((4, 8, 8), np.uint8),
+             test_labels=np.array([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match="no class names"):
+        run_grid(_spec(tiny_clip, str(tmp_path / "mine.npz"), suite="imagenet-c"),
+                 tmp_path / "b", progress=False)

@@ -193,6 +193,12 @@ class ImageDataset:
         return int(self.images.shape[1]), int(self.images.shape[2])
 
     @property
+    def info(self) -> DatasetInfo:
+        """This dataset's metadata: what a stored benchmark of it is read back with."""
+        return DatasetInfo(self.name, tuple(self.class_names), self.modality, self.task,
+                           self.channels, source=self.source)
+
+    @property
     def multi_label(self) -> bool:
         return self.task == "multi-label"
 

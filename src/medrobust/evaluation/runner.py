@@ -161,7 +161,7 @@ class _Source:
         name, split = self.dataset.name, self.dataset.split
         if is_clean(cell[0]) and not self.layout.path_for(name, split, *cell).is_file():
             return self.dataset
-        return self.layout.read(name, split, *cell)
+        return self.layout.read(name, split, *cell, info=self.dataset.info)
 
 
 def score_cell(
