@@ -211,3 +211,16 @@ def test_square_images_pad_and_crop() -> None:
     assert square_images(images, "stretch") is images
     with pytest.raises(ValueError, match="stretch, pad, crop"):
         square_images(images, "fit")
+
+
+def test_dicom_voi_lut_sequence(tmp_path: Path) -> None:
+    from pydicom.dataset import Dataset
+
+    raw = np.random.default_rng(4).integers(0, 300, (10, 12)).astype(np.uint16)
+    item = Dataset()
+    item.LUTDescriptor = [256, 0, 16]
+    item.add_new(0x00283006, "US", [4 * (255 - v) for v in range(256)])  # LUTData: inverting
+    path = write_dicom(tmp_path / "lut.dcm", raw, VOILUTSequence=[item])
+    got = _grey(path)[0]
+    # values past the table's end take its last entry; the table's range 0..1020 maps to 0..255
+    np.testing.assert_array_equal(got, 255 - np.minimum(raw, 255))

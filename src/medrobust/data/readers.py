@@ -192,9 +192,11 @@ _DICOM_GREY = ("MONOCHROME1", "MONOCHROME2")
 _DICOM_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT")
 
 
-def _dicom_header(path: Path) -> Any:
+def _dicom(path: Path, pixels: bool) -> Any:
+    """The dataset of a DICOM file (header only unless ``pixels``), checked to hold a
+    supported image."""
     pydicom = _require("pydicom")
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    ds = pydicom.dcmread(path, stop_before_pixels=not pixels)
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if photometric not in _DICOM_GREY + _DICOM_COLOUR:
         raise ImageFileError(
@@ -207,16 +209,14 @@ def _dicom_header(path: Path) -> Any:
 
 
 def _probe_dicom(path: Path, slicing: Slicing) -> FileInfo:
-    ds = _dicom_header(path)
+    ds = _dicom(path, pixels=False)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     grey = ds.PhotometricInterpretation in _DICOM_GREY
     return FileInfo(len(slicing.pick(frames)), int(ds.Rows), int(ds.Columns), grey)
 
 
 def _read_dicom(path: Path, slicing: Slicing) -> list[np.ndarray]:
-    pydicom = _require("pydicom")
-    _dicom_header(path)
-    ds = pydicom.dcmread(path)
+    ds = _dicom(path, pixels=True)
     pixels = ds.pixel_array
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     grey = ds.PhotometricInterpretation in _DICOM_GREY
@@ -225,7 +225,8 @@ def _read_dicom(path: Path, slicing: Slicing) -> list[np.ndarray]:
         raise ImageFileError(f"cannot read DICOM file {path}: unexpected pixel shape {pixels.shape}")
     if not grey:
         if stack.dtype != np.uint8:
-            stack = _scale(stack.astype(np.float64), *_finite_range(stack.astype(np.float64)))
+            values = stack.astype(np.float64)
+            stack = _scale(values, *_finite_range(values))
         return [stack[i] for i in slicing.pick(frames)]
     from pydicom.pixels import apply_modality_lut
 
