@@ -31,28 +31,70 @@ def _add_dataset_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=28, help="MedMNIST file size to read: 28, 64, 128 or 224")
     p.add_argument("--data-root", help="data folder (default: $MEDROBUST_DATA, else the user cache)")
     p.add_argument("--suite", default="medmnist-c",
-                   help="medmnist-c (of the dataset), imagenet-c, medimeta-c, or a .toml/.yaml file")
+                   help="medmnist-c (of the dataset, or of its --modality), medmnist-c/<flag> (a "
+                        "MedMNIST dataset's set on any data), imagenet-c, medimeta-c, or a "
+                        ".toml/.yaml file")
     p.add_argument("--corruptions", type=_names, help="comma-separated subset of the suite")
     p.add_argument("--severities", type=parse_severities, default=SEVERITIES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--native-size", action="store_true",
                    help="keep the native image size (size-dependent parameters are scaled) "
                         "instead of resizing to the suite's 224 px")
+    _add_data_options(p)
 
 
-def _suite_for(args: argparse.Namespace, dataset_name: str):
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    """What a user says about their data: modality, class names, grey, squaring, slices."""
+    g = p.add_argument_group("describing your data (image folders, DICOM, NIfTI, .npz)")
+    g.add_argument("--modality",
+                   help="x-ray, ultrasound, ct, mri, oct, fundus, dermatoscopy, pathology, "
+                        "blood-smear or microscopy: used in prompts, and picks the default suite "
+                        "(that modality's MedMNIST-C corruptions)")
+    g.add_argument("--class-names", type=_names,
+                   help="comma-separated class names in label order (image folders: in the "
+                        "sorted folder order; default: the folder names)")
+    g.add_argument("--grey", action="store_true",
+                   help="convert colour images to one channel before corrupting (grey images "
+                        "stored as RGB, e.g. ultrasound or X-ray PNGs)")
+    g.add_argument("--resize", dest="resize_mode", default="stretch",
+                   help="how non-square images become square: stretch (default: the aspect "
+                        "ratio is distorted), pad (centred on black) or crop (centred square)")
+    g.add_argument("--slice-axis", type=int, default=2,
+                   help="NIfTI volumes: slice along axis 0 (sagittal), 1 (coronal) or 2 (axial, "
+                        "default) of the RAS+ volume; multi-frame DICOM: its frames")
+    g.add_argument("--slices", default="middle",
+                   help="middle (default: one slice per volume, index n // 2) or all")
+
+
+def _data_options(args: argparse.Namespace):
+    from .data import DataOptions
+    from .data.readers import Slicing
+
+    return DataOptions(
+        grey=args.grey, resize=args.resize_mode, slicing=Slicing(args.slice_axis, args.slices),
+        class_names=None if args.class_names is None else tuple(args.class_names),
+        modality=args.modality,
+    )
+
+
+def _open(args: argparse.Namespace):
+    from .data import open_dataset
+
+    return open_dataset(args.dataset, split=args.split, size=args.size, root=args.data_root,
+                        options=_data_options(args))
+
+
+def _suite_for(args: argparse.Namespace, dataset):
     from .corruptions import get_suite
 
-    suite = get_suite(args.suite, dataset_name if args.suite == "medmnist-c" else None)
-    return suite.select(args.corruptions)
+    return get_suite(args.suite, dataset.name, dataset.modality).select(args.corruptions)
 
 
 def cmd_corrupt(args: argparse.Namespace) -> int:
     from .corruptions.generate import GenerateConfig, generate_benchmark
-    from .data import open_dataset
 
-    dataset = open_dataset(args.dataset, split=args.split, size=args.size, root=args.data_root)
-    suite = _suite_for(args, dataset.name)
+    dataset = _open(args)
+    suite = _suite_for(args, dataset)
     config = _config(GenerateConfig, args, resize=not args.native_size)
     manifest = generate_benchmark(dataset, suite, args.out, config, device=args.device,
                                   progress=not args.quiet)
@@ -86,11 +128,10 @@ def cmd_corruptions(args: argparse.Namespace) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    from .data import open_dataset
     from .reporting.montage import corruption_montage, save_png_atomic
 
-    dataset = open_dataset(args.dataset, split=args.split, size=args.size, root=args.data_root)
-    suite = _suite_for(args, dataset.name)
+    dataset = _open(args)
+    suite = _suite_for(args, dataset)
     if not 1 <= args.samples <= len(dataset):
         raise ValueError(f"--samples must be in 1..{len(dataset)}")
     sample = dataset.subset(list(range(args.start, args.start + args.samples)))
@@ -123,6 +164,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         benchmark_dir=Path(args.benchmark_dir) if args.benchmark_dir else None,
         data_root=Path(args.data_root) if args.data_root else None,
         resize=not args.native_size, pretrained=not args.random_weights,
+        data_options=_data_options(args),
     )
     summary = run_grid(spec, args.run_dir, progress=not args.quiet, shard=shard)
     store_dir = shard.store_dir(args.run_dir) if shard else Path(args.run_dir)
@@ -297,7 +339,9 @@ def _add_eval(sub: Subparsers) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--size", type=int, default=28, help="MedMNIST file size to read")
     p.add_argument("--data-root")
-    p.add_argument("--suite", default="medmnist-c")
+    p.add_argument("--suite", default="medmnist-c",
+                   help="as for corrupt: medmnist-c (of each dataset or its --modality), "
+                        "medmnist-c/<flag>, imagenet-c, medimeta-c, or a .toml/.yaml file")
     p.add_argument("--corruptions", type=_names)
     p.add_argument("--severities", type=parse_severities, default=SEVERITIES)
     p.add_argument("--seed", type=int, default=0)
@@ -317,6 +361,7 @@ def _add_eval(sub: Subparsers) -> None:
                    help="evaluate shard I of N (0-based) of the grid's cells into RUN/shards/ "
                         "(default under torchrun or a SLURM array: from the environment)")
     p.add_argument("--quiet", action="store_true")
+    _add_data_options(p)
     p.set_defaults(func=cmd_eval)
 
 
@@ -465,12 +510,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _set_threads(args.threads)
     keep_freed_memory()
+    from .data.readers import MissingDependencyError
+
     try:
         return args.func(args)
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0
-    except (ValueError, KeyError, TypeError, FileNotFoundError, PermissionError, OSError) as exc:
+    except (ValueError, KeyError, TypeError, FileNotFoundError, PermissionError, OSError,
+            MissingDependencyError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"medrobust {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -97,7 +97,7 @@ def test_folder_class_names(tmp_path: Path) -> None:
     ds = open_dataset(tmp_path, options=DataOptions(class_names=("benign lesion", "malignant lesion")))
     assert ds.class_names == ["benign lesion", "malignant lesion"]
     assert ds.reading["folder_names"] == ["0_benign", "1_malignant"]
-    with pytest.raises(ValueError, match=r"3 class names given for the 2 class folders .*0_benign, 1_malignant"):
+    with pytest.raises(ValueError, match=r"3 class names given for the 2 class folders .*\[.0_benign., .1_malignant.\]"):
         open_dataset(tmp_path, options=DataOptions(class_names=("a", "b", "c")))
 
 

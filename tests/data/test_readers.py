@@ -174,11 +174,14 @@ def test_nifti_series_and_damage_are_clear(tmp_path: Path) -> None:
     series = write_nifti(tmp_path / "fmri.nii", np.zeros((4, 4, 4, 3), np.float32))
     with pytest.raises(ImageFileError, match=r"fmri\.nii.*4-D series"):
         probe_file(series)
-    good = write_nifti(tmp_path / "v.nii.gz", _volume())
-    broken = tmp_path / "broken.nii.gz"
-    broken.write_bytes(good.read_bytes()[:200])
-    with pytest.raises(ImageFileError, match=r"cannot read NIfTI file .*broken\.nii\.gz"):
-        read_file(broken)
+    for name in ("v.nii.gz", "v.nii"):  # header intact, voxel data cut in half
+        good = write_nifti(tmp_path / name, _volume((40, 40, 20)))
+        broken = tmp_path / f"broken-{name}"
+        broken.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+        assert probe_file(broken).count == 1
+        with pytest.raises(ImageFileError, match=rf"cannot read NIfTI file .*broken-{name}") as err:
+            read_file(broken)
+        assert "\n" not in str(err.value)
     garbage = tmp_path / "garbage.nii.gz"
     garbage.write_bytes(gzip.compress(b"not nifti" * 50))
     with pytest.raises(ImageFileError, match=r"garbage\.nii\.gz"):

@@ -160,7 +160,7 @@ def _apply_options(dataset: ImageDataset, options: DataOptions) -> ImageDataset:
         if len(options.class_names) != len(names):
             raise ValueError(
                 f"{len(options.class_names)} class names given for the {len(names)} classes of "
-                f"{dataset.name} ({', '.join(names)})"
+                f"{dataset.name} ({names})"
             )
         reading["source_class_names"] = names
         names = list(options.class_names)

@@ -173,7 +173,7 @@ def _class_names(folder_names: list[str], given: Sequence[str] | None, root: Pat
     if len(names) != len(folder_names):
         raise ValueError(
             f"{len(names)} class names given for the {len(folder_names)} class folders of {root} "
-            f"({', '.join(folder_names)}, in this order)"
+            f"({folder_names}, in this order)"
         )
     return names
 

@@ -129,7 +129,8 @@ def _guarded(path: Path, kind: str, fn: Callable[[], T]) -> T:
     except (ImageFileError, MissingDependencyError):
         raise
     except Exception as exc:  # third-party decoders raise many types for damaged files
-        raise ImageFileError(f"cannot read {kind} file {path}: {exc}") from exc
+        reason = " ".join(str(exc).split()) or type(exc).__name__  # one line
+        raise ImageFileError(f"cannot read {kind} file {path}: {reason}") from exc
 
 
 def probe_file(path: Path, slicing: Slicing = Slicing()) -> FileInfo:
@@ -196,7 +197,12 @@ def _dicom(path: Path, pixels: bool) -> Any:
     """The dataset of a DICOM file (header only unless ``pixels``), checked to hold a
     supported image."""
     pydicom = _require("pydicom")
-    ds = pydicom.dcmread(path, stop_before_pixels=not pixels)
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=not pixels)
+    except pydicom.errors.InvalidDicomError:
+        raise ImageFileError(
+            f"cannot read DICOM file {path}: not a DICOM file (no DICOM file header)"
+        ) from None
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if photometric not in _DICOM_GREY + _DICOM_COLOUR:
         raise ImageFileError(
