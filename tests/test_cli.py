@@ -176,3 +176,90 @@ def test_adapt_writes_its_config_with_the_adapter(shared_data, tmp_path) -> None
     saved = AdaptConfig.from_adapter(read_adapter_config(tmp_path / "a"))
     expected = adapt_config(build_parser().parse_args(options))
     assert saved == AdaptConfig.from_dict({**expected.to_dict(), "label": "a"})
+
+
+@pytest.fixture()
+def busi_folder(shared_data, tmp_path):
+    """Five real BUSI ultrasound PNGs (grey stored as RGB, not square) as <tmp>/busi/<class>/."""
+    root = tmp_path / "busi"
+    files = sorted((shared_data / "highres" / "busi").glob("*.png"))
+    for src in [f for f in files if "malignant_1" in f.name][:2] + files[:2] + files[-1:]:
+        (root / src.name.split("_")[0]).mkdir(parents=True, exist_ok=True)
+        (root / src.name.split("_")[0] / src.name).symlink_to(src)
+    return root
+
+
+def test_image_folder_corrupt_then_eval_from_its_benchmark(busi_folder, tmp_path, capsys):
+    data = ["--modality", "ultrasound", "--grey", "--resize", "pad"]
+    grid = ["--corruptions", "speckle_noise", "--severities", "1", "--quiet"]
+    assert main(["corrupt", str(busi_folder), *data, *grid, "--out", str(tmp_path / "bench")]) == 0
+    clean = np.load(tmp_path / "bench" / "busi" / "test" / "clean.npz")["images"]
+    assert clean.shape == (5, 224, 224)  # one channel: --grey
+    # padded: landscape images above and below, portrait ones left and right
+    assert all((image[:5] == 0).all() or (image[:, :5] == 0).all() for image in clean)
+    manifest = json.loads((tmp_path / "bench" / "busi" / "test-manifest.json").read_text())
+    assert manifest["config"]["suite"]["dataset"] == "breastmnist"
+    runs = {}
+    for name, extra in (("fly", []), ("disk", ["--benchmark-dir", str(tmp_path / "bench")])):
+        runs[name] = tmp_path / name
+        assert main(["eval", "--model", "medrobust-mini", "--dataset", str(busi_folder), *data,
+                     *grid, *extra, "--run-dir", str(runs[name])]) == 0
+    from medrobust.evaluation.store import ResultsStore
+
+    with ResultsStore(runs["fly"]) as fly, ResultsStore(runs["disk"]) as disk:
+        assert len(fly.rows()) == len(disk.rows()) == 2
+        for a, b in zip(fly.rows(), disk.rows(), strict=True):
+            assert a["suite"] == "medmnist-c/breastmnist" and a["corruption"] == b["corruption"]
+            config = json.loads(a["config"])
+            assert config["reading"] == {"grey": True, "resize": "pad"}
+            assert config["class_names"] == ["benign", "malignant", "normal"]
+            np.testing.assert_allclose(fly.predictions(a)[0], disk.predictions(b)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "no default corruption suite for dataset 'busi' (no known modality): give --modality"),
+        (["--modality", "sonar"], "unknown modality 'sonar'; choose one of x-ray, ultrasound"),
+        (["--modality", "mri"], "(modality 'MRI'): give --modality"),
+        (["--suite", "medmnist-c/busi"], "MedMNIST-C has no dataset 'busi'"),
+        (["--modality", "ultrasound", "--resize", "fit"], "resize must be one of stretch, pad, crop"),
+        (["--modality", "ultrasound", "--slice-axis", "3"], "slice axis must be 0, 1 or 2"),
+        (["--modality", "ultrasound", "--class-names", "a,b"], "2 class names given for the 3 class folders"),
+    ],
+)
+def test_bad_data_options_one_line_exit_2(busi_folder, tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    assert main(["corrupt", str(busi_folder), *extra, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() or not any(out.rglob("*.npz"))
+
+
+def test_damaged_dicom_in_a_folder_is_named(tmp_path, capsys):
+    pytest.importorskip("pydicom")
+    for cls in ("a", "b"):
+        (tmp_path / "scans" / cls).mkdir(parents=True)
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "scans" / "a" / "x.png")
+    (tmp_path / "scans" / "b" / "scan.dcm").write_bytes(b"\0" * 200)
+    assert main(["corrupt", str(tmp_path / "scans"), "--modality", "ct", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read DICOM file" in err and "scan.dcm" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_of_an_npz_without_class_names(tmp_path, capsys):
+    path = tmp_path / "mine.npz"
+    np.savez(path, test_images=np.zeros((4, 8, 8), np.uint8), test_labels=np.array([0, 1, 2, 1]))
+    argv = ["eval", "--model", "medrobust-mini", "--dataset", str(path), "--suite", "imagenet-c",
+            "--corruptions", "pixelate", "--severities", "1", "--run-dir", str(tmp_path / "r"), "--quiet"]
+    assert main(argv) == 2
+    assert "--class-names with 3 names" in capsys.readouterr().err
+    assert main([*argv, "--class-names", "cyst,tumour,normal tissue"]) == 0
+    from medrobust.evaluation.store import ResultsStore
+
+    with ResultsStore(tmp_path / "r") as store:
+        config = json.loads(store.rows()[0]["config"])
+    assert config["class_names"] == ["cyst", "tumour", "normal tissue"]
