@@ -199,6 +199,9 @@ def test_image_folder_corrupt_then_eval_from_its_benchmark(busi_folder, tmp_path
     assert all((image[:5] == 0).all() or (image[:, :5] == 0).all() for image in clean)
     manifest = json.loads((tmp_path / "bench" / "busi" / "test-manifest.json").read_text())
     assert manifest["config"]["suite"]["dataset"] == "breastmnist"
+    assert manifest["dataset"] == {"class_names": ["benign", "malignant", "normal"],
+                                   "modality": "ultrasound", "task": "multi-class",
+                                   "reading": {"grey": True, "resize": "pad"}}
     runs = {}
     for name, extra in (("fly", []), ("disk", ["--benchmark-dir", str(tmp_path / "bench")])):
         runs[name] = tmp_path / name

@@ -68,6 +68,12 @@ def _versions() -> dict[str, str]:
     }
 
 
+def _dataset_record(dataset: ImageDataset) -> dict[str, Any]:
+    """What the benchmark's images are: class names, modality, task, and how they were read."""
+    return {"class_names": list(dataset.class_names), "modality": dataset.modality,
+            "task": dataset.task, "reading": dict(dataset.reading)}
+
+
 def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     write_text_atomic(json.dumps(payload, indent=2, sort_keys=True), path)
 
@@ -191,7 +197,8 @@ def _start(
             f"(see {manifest_path}); choose another --out or delete that folder"
         )
     outputs: dict[str, Any] = dict(previous.get("files", {})) if previous else {}
-    manifest = {"config": recorded, "versions": _versions(), "device": str(device), "files": outputs}
+    manifest = {"config": recorded, "dataset": _dataset_record(dataset), "versions": _versions(),
+                "device": str(device), "files": outputs}
     _write_json_atomic(manifest_path, manifest)
     return _Job(dataset, suite, config, layout, root, device, manifest_path, manifest)
 
