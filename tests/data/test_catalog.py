@@ -161,3 +161,12 @@ def test_options_validate_and_modality_suites() -> None:
     assert medmnist_c_dataset_for("x", "breast ultrasound") == "breastmnist"
     assert medmnist_c_dataset_for("x", "chest X-ray") == "chestmnist"
     assert medmnist_c_dataset_for("x", "mri") is None and medmnist_c_dataset_for("x", None) is None
+
+
+def test_options_round_trip() -> None:
+    options = DataOptions(grey=True, resize="crop", slicing=Slicing(0, "all"), class_names=("a", "b"),
+                          modality="ct")
+    assert DataOptions.from_dict(options.to_dict()) == options
+    assert DataOptions.from_dict({}) == DataOptions()
+    with pytest.raises(ValueError, match=r"unknown data options \['gray'\]"):
+        DataOptions.from_dict({"gray": True})

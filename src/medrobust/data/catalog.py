@@ -8,9 +8,10 @@ MedMNIST dataset whose MedMNIST-C corruptions stand for each.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -73,6 +74,25 @@ class DataOptions:
             if len(set(names)) != len(names):
                 raise ValueError(f"class names must differ from each other, got {list(names)}")
             object.__setattr__(self, "class_names", names)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready settings (``from_dict`` reads them back)."""
+        return {"grey": self.grey, "resize": self.resize, "slice_axis": self.slicing.axis,
+                "slices": self.slicing.which,
+                "class_names": None if self.class_names is None else list(self.class_names),
+                "modality": self.modality}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DataOptions:
+        """The options ``to_dict`` wrote; unknown keys are an error."""
+        known = {"grey", "resize", "slice_axis", "slices", "class_names", "modality"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown data options {unknown}; known: {sorted(known)}")
+        values = dict(data)
+        slicing = Slicing(values.pop("slice_axis", 2), values.pop("slices", "middle"))
+        names = values.pop("class_names", None)
+        return cls(slicing=slicing, class_names=None if names is None else tuple(names), **values)
 
 
 def medmnist_c_dataset_for(name: str, modality: str | None) -> str | None:
