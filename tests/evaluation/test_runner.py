@@ -168,8 +168,10 @@ def test_image_folder_grid_follows_modality_and_records_reading(tiny_clip, scan_
                  data_options=options)
     assert run_grid(spec, tmp_path / "fly", progress=False).computed == 2
     with ResultsStore(tmp_path / "fly") as store:
-        rows = store.rows()
+        rows, info = store.rows(), store.info()
     assert {r["suite"] for r in rows} == {"medmnist-c/breastmnist"}
+    assert info["dataset"]["scans"]["modality"] == "ultrasound"
+    assert list(info["suite"]) == ["medmnist-c/breastmnist/scans"]  # where the report looks
     config = json.loads(rows[0]["config"])
     assert config["reading"] == {"grey": True, "resize": "pad"}
     assert config["class_names"] == ["benign", "malignant"]
