@@ -266,3 +266,23 @@ def test_eval_of_an_npz_without_class_names(tmp_path, capsys):
     with ResultsStore(tmp_path / "r") as store:
         config = json.loads(store.rows()[0]["config"])
     assert config["class_names"] == ["cyst", "tumour", "normal tissue"]
+
+
+def test_adapt_on_an_image_folder_records_its_data_options(busi_folder, tmp_path) -> None:
+    from medrobust.adaptation import AdaptConfig, read_adapter_config
+    from medrobust.cli import adapt_config, build_parser
+    from medrobust.data import DataOptions
+
+    options = ["adapt", "--model", "medrobust-mini", "--dataset", str(busi_folder), "--shots", "1",
+               "--val-split", "train", "--epochs", "1", "--augment-suite", "medmnist-c",
+               "--modality", "ultrasound", "--grey", "--resize", "pad", "--out", str(tmp_path / "a"),
+               "--quiet"]
+    expected = adapt_config(build_parser().parse_args(options))
+    assert expected.data_options == DataOptions(grey=True, resize="pad", modality="ultrasound")
+    assert main(options) == 0
+    record = read_adapter_config(tmp_path / "a")
+    (task,) = record["data"]["datasets"]
+    assert task["reading"] == {"grey": True, "resize": "pad"} and task["modality"] == "ultrasound"
+    assert record["augmentation"]["suite"] == "medmnist-c"
+    saved = AdaptConfig.from_adapter(record)
+    assert saved == AdaptConfig.from_dict({**expected.to_dict(), "label": "a"})

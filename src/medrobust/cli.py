@@ -223,7 +223,8 @@ def adapt_config(args: argparse.Namespace) -> AdaptConfig:
     """The ``AdaptConfig`` (with its ``LoraSettings``) of parsed ``adapt`` options."""
     from .adaptation import AdaptConfig, LoraSettings
 
-    return _config(AdaptConfig, args, lora=_config(LoraSettings, args))
+    return _config(AdaptConfig, args, lora=_config(LoraSettings, args),
+                   data_options=_data_options(args))
 
 
 def pretrain_config(args: argparse.Namespace) -> PretrainConfig:
@@ -402,6 +403,7 @@ def _add_adapt(sub: Subparsers) -> None:
     lora.add_argument("--dropout", type=float, default=0.0)
     lora.add_argument("--targets", type=_targets, help="preset, regex, or comma-separated module names")
     _add_adapt_optimisation(p.add_argument_group("optimisation (AdaptConfig)"))
+    _add_data_options(p)
     p.set_defaults(func=cmd_adapt)
 
 

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from medrobust.data import DataOptions
 from medrobust.data.fewshot import check_not_test
 
 from .lora import LoraSettings
@@ -108,12 +109,15 @@ class AdaptConfig:
     seed: int = 0
     lora: LoraSettings = field(default_factory=LoraSettings)
     label: str | None = None
+    data_options: DataOptions = field(default_factory=DataOptions)
 
     def __post_init__(self) -> None:
         self._check_data()
         self._check_optimisation()
         if not isinstance(self.lora, LoraSettings):
             raise TypeError(f"lora must be LoraSettings, got {type(self.lora).__name__}")
+        if not isinstance(self.data_options, DataOptions):
+            raise TypeError(f"data_options must be DataOptions, got {type(self.data_options).__name__}")
         if self.label is not None and (not isinstance(self.label, str) or not self.label):
             raise ValueError(f"label must be a non-empty string or None, got {self.label!r}")
 
@@ -164,16 +168,20 @@ class AdaptConfig:
 
     def run_settings(self) -> dict[str, Any]:
         """The data and optimisation settings (no LoRA, no label), as a run's fingerprint has
-        always hashed them: an unchanged run resumes and fingerprints as before."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name not in ("lora", "label")}
+        always hashed them: an unchanged run resumes and fingerprints as before (the data
+        options count only when set)."""
+        settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                    if f.name not in ("lora", "label", "data_options")}
+        if self.data_options != DataOptions():
+            settings["data_options"] = self.data_options.to_dict()
+        return settings
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AdaptConfig:
-        return config_from_dict(cls, data, lora=LoraSettings)
+        return config_from_dict(cls, data, lora=LoraSettings, data_options=DataOptions)
 
     @classmethod
     def from_adapter(cls, record: Mapping[str, Any]) -> AdaptConfig:
@@ -194,6 +202,7 @@ class AdaptConfig:
             seed=record["seeds"]["seed"],
             lora=LoraSettings.from_dict(record["lora"]),
             label=record.get("label"),
+            data_options=DataOptions.from_dict(data.get("data_options") or {}),
         )
 
 

@@ -187,7 +187,8 @@ def _open_pool(item: str | ImageDataset, cfg: AdaptConfig, root: Any) -> ImageDa
         return item
     if not isinstance(item, (str, Path)):
         raise TypeError(f"datasets must be names or ImageDatasets, got {type(item).__name__}")
-    return open_dataset(item, split=cfg.fewshot_split, size=cfg.data_size, root=root)
+    return open_dataset(item, split=cfg.fewshot_split, size=cfg.data_size, root=root,
+                        options=cfg.data_options, named_classes=True)
 
 
 def _prepare_task(item: str | ImageDataset, cfg: AdaptConfig, root: Any) -> _Task:
@@ -197,7 +198,8 @@ def _prepare_task(item: str | ImageDataset, cfg: AdaptConfig, root: Any) -> _Tas
     if isinstance(item, ImageDataset) or cfg.val_split == pool.split:
         val, val_from = rest, f"held-out rest of the {pool.split!r} split"
     else:
-        val = open_dataset(item, split=cfg.val_split, size=cfg.data_size, root=root)
+        val = open_dataset(item, split=cfg.val_split, size=cfg.data_size, root=root,
+                           options=cfg.data_options, named_classes=True)
         val_from = f"the {cfg.val_split!r} split"
     if cfg.val_limit is not None and len(val) > cfg.val_limit:
         val = sample_fewshot(val, fraction=cfg.val_limit / len(val), seed=cfg.seed)
@@ -219,6 +221,7 @@ def _prepare_task(item: str | ImageDataset, cfg: AdaptConfig, root: Any) -> _Tas
         "n_val": len(val),
         "class_names": list(pool.class_names),
         "modality": pool.modality,
+        **({"reading": pool.reading} if pool.reading else {}),  # only when used: old runs resume
     }
     return _Task(
         name=pool.name,
@@ -234,7 +237,7 @@ def _augmenters(tasks: Sequence[_Task], cfg: AdaptConfig) -> dict[str, Any] | No
     if cfg.augment_suite is None:
         return None
     suites = {
-        t.name: get_suite(cfg.augment_suite, t.name if cfg.augment_suite == "medmnist-c" else None)
+        t.name: get_suite(cfg.augment_suite, t.name, t.record["modality"])
         for t in tasks
     }
     known = set().union(*(s.entries for s in suites.values()))
@@ -500,6 +503,7 @@ def _adapter_record(p: _RecordParts) -> dict[str, Any]:
             "data_size": cfg.data_size,
             "resize_to": p.resize_to,
             "templates": cfg.templates,
+            "data_options": cfg.data_options.to_dict(),
             "prompts": {t.name: t.classifier.prompts for t in p.tasks},
             "label_space": "joint" if cfg.joint_labels else "per-dataset",
             "joint_classes": p.joint_keys,
