@@ -180,8 +180,9 @@ def test_image_folder_grid_follows_modality_and_records_reading(tiny_clip, scan_
     from medrobust.data import open_dataset
 
     dataset = open_dataset(scan_folder, options=options)
-    generate_benchmark(dataset, get_suite("medmnist-c", dataset.name, dataset.modality).select(["pixelate"]),
-                       tmp_path / "bench", severities=(1,), progress=False)
+    suite = get_suite("medmnist-c", dataset.name, dataset.modality).select(["pixelate"])
+    generate_benchmark(dataset, suite, tmp_path / "bench", GenerateConfig(severities=(1,)),
+                       progress=False)
     disk = dataclasses.replace(spec, benchmark_dir=tmp_path / "bench")
     assert run_grid(disk, tmp_path / "disk", progress=False).computed == 2
     with ResultsStore(tmp_path / "fly") as a, ResultsStore(tmp_path / "disk") as b:
