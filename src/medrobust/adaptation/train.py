@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from medrobust._distributed import World, process_group, world
 from medrobust.corruptions import RandomCorruption, derive_seed, get_suite, prepare_images
 from medrobust.corruptions.suites import REFERENCE_SIZE
 from medrobust.data import ImageDataset, open_dataset
@@ -50,6 +51,7 @@ from medrobust.models.zeroshot import ZeroShotClassifier
 
 from .checkpoint import ADAPTER_CONFIG, STATE_FILE, base_source, prepare_base, save_adapter
 from .config import MONITORS, PRECISIONS, AdaptConfig
+from .distributed import reduce_sum, share_of_batch, wrap_image_tower
 from .lora import (
     apply_lora,
     detect_architecture,
@@ -104,6 +106,7 @@ class LoraTrainer:
         grad_accum: int = 1,
         amp_dtype: torch.dtype | None = None,
         resize_to: int | None = None,
+        world: World | None = None,
     ) -> None:
         self.model = model
         self.params = [p for _, p in lora_parameters(model)]
@@ -117,6 +120,9 @@ class LoraTrainer:
         optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
         scheduler = warmup_cosine_scheduler(optimizer, warmup=warmup_steps, total=total_steps)
         self.stepper = Stepper(optimizer, scheduler, grad_accum=grad_accum)
+        self.world = world or World()
+        # under torchrun: DistributedDataParallel averages the LoRA gradients of the processes
+        self.encoder = wrap_image_tower(model, self.world)
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -143,18 +149,19 @@ class LoraTrainer:
         pixels = self.model.preprocess(x)
         amp = self.amp_dtype
         with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            features = self.model.encode_image(pixels)
+            features = self.encoder(pixels)
         features = F.normalize(features.float(), dim=-1)
         logits = self.scale * features @ self.heads[head].T
         return F.cross_entropy(logits, labels.to(self.device, non_blocking=True))
 
     def train_step(self, images: Tensor, labels: Tensor, head: int, *,
-                   augment: Augment | None = None) -> Tensor:
+                   augment: Augment | None = None, weight: float = 1.0) -> Tensor:
         """Forward and backward of one batch (as :meth:`loss`); steps the optimizer every
         ``grad_accum`` batches. Returns the batch's loss (detached, on the device: no
-        synchronisation)."""
+        synchronisation). The backward takes ``weight`` x the loss: under torchrun a process's
+        share of a global batch, so that the gradients DDP averages are the whole batch's."""
         loss = self.loss(images, labels, head, augment=augment)
-        self.stepper.backward(loss)
+        self.stepper.backward(loss if weight == 1.0 else loss * weight)
         return loss.detach()
 
     def flush(self) -> None:
@@ -415,6 +422,9 @@ def adapt(
     if isinstance(datasets, (str, ImageDataset)) or not datasets:
         raise ValueError("datasets must be a non-empty list of dataset names or ImageDatasets")
     out, dev, kwargs = Path(out_dir).expanduser(), torch.device(device), dict(model_kwargs or {})
+    if world().distributed and dev.type == "cuda":  # under torchrun: this process's GPU
+        dev = torch.device("cuda", world().local_rank)
+        torch.cuda.set_device(dev)
 
     tasks = [_prepare_task(d, cfg, data_root) for d in datasets]
     names = [t.name for t in tasks]
@@ -445,18 +455,20 @@ def adapt(
     batches = sum(math.ceil(len(t.labels) / cfg.batch_size) for t in tasks)
     steps_per_epoch = math.ceil(batches / cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.epochs
-    trainer = LoraTrainer(
-        net, heads, lr=cfg.lr, weight_decay=cfg.weight_decay, total_steps=total_steps,
-        warmup_steps=cfg.warmup_steps(total_steps), grad_accum=cfg.grad_accum, amp_dtype=amp,
-        resize_to=per_step_resize,
-    )
-    record = _adapter_record(
-        _RecordParts(cfg, out, base, net, modules, tasks, augmentation, joint_keys, resize_to,
-                     amp, trainer, steps_per_epoch, total_steps)
-    )
-    run = _Run(net, tasks, trainer, cfg, record, out, dev, resize_to)
-    return _train(run, resume=resume, progress=progress, say=log or (lambda _msg: None),
-                  callback=callback)
+    with process_group("nccl" if dev.type == "cuda" else "gloo") as group:  # one process: none
+        trainer = LoraTrainer(
+            net, heads, lr=cfg.lr, weight_decay=cfg.weight_decay, total_steps=total_steps,
+            warmup_steps=cfg.warmup_steps(total_steps), grad_accum=cfg.grad_accum, amp_dtype=amp,
+            resize_to=per_step_resize, world=group,
+        )
+        record = _adapter_record(
+            _RecordParts(cfg, out, base, net, modules, tasks, augmentation, joint_keys, resize_to,
+                         amp, trainer, steps_per_epoch, total_steps)
+        )
+        run = _Run(net, tasks, trainer, cfg, record, out, dev, resize_to)
+        say = log if log is not None and group.main else (lambda _msg: None)
+        return _train(run, resume=resume, progress=progress and group.main, say=say,
+                      callback=callback)
 
 
 @dataclass
@@ -609,6 +621,7 @@ def _train(
 ) -> Path:
     """The epoch loop: resume, train, validate, select, checkpoint, stop early, finish."""
     cfg, out, state_path = run.cfg, run.out, run.out / STATE_FILE
+    main = run.trainer.world.main
     done = _restore(run, resume, say)
     if done.finished:
         return out
@@ -617,19 +630,21 @@ def _train(
     for epoch in range(done.start, 0 if patience_spent else cfg.epochs + 1):
         record = _run_epoch(run, epoch, done, progress)
         stop = cfg.patience is not None and done.bad_epochs >= cfg.patience
-        save_train_state(state_path, {
-            "fingerprint": run.fingerprint,
-            "epoch": epoch,
-            "finished": False,
-            "lora": record.pop("_lora"),
-            "best_lora": done.best_lora,
-            "trainer": run.trainer.state_dict(),
-            "history": done.history,
-            "best": done.best,
-            "bad_epochs": done.bad_epochs,
-            "rng": {"seed": cfg.seed, "next_epoch": epoch + 1},
-        })
-        if record["improved"]:  # after the state: the state alone is enough to finish the run
+        lora = record.pop("_lora")
+        if main:  # under torchrun every process holds the same state: the first writes it
+            save_train_state(state_path, {
+                "fingerprint": run.fingerprint,
+                "epoch": epoch,
+                "finished": False,
+                "lora": lora,
+                "best_lora": done.best_lora,
+                "trainer": run.trainer.state_dict(),
+                "history": done.history,
+                "best": done.best,
+                "bad_epochs": done.bad_epochs,
+                "rng": {"seed": cfg.seed, "next_epoch": epoch + 1},
+            })
+        if main and record["improved"]:  # after the state: the state alone finishes the run
             save_adapter(run.net, out, _final_config(run.record, done, cfg, complete=False))
         loss = record["train_loss"]
         say(f"epoch {epoch}/{cfg.epochs}: train loss {'-' if loss is None else f'{loss:.4f}'}, "
@@ -646,10 +661,12 @@ def _train(
     best = done.best
     assert best is not None
     load_lora_state_dict(run.net, done.best_lora)
-    final = _final_config(run.record, done, cfg, complete=True, stopped_early=stopped_early)
-    save_adapter(run.net, out, final)
-    state = load_train_state(state_path)
-    save_train_state(state_path, {**state, "finished": True})
+    if main:
+        final = _final_config(run.record, done, cfg, complete=True, stopped_early=stopped_early)
+        save_adapter(run.net, out, final)
+        state = load_train_state(state_path)
+        save_train_state(state_path, {**state, "finished": True})
+    run.trainer.world.barrier()  # every process returns once the adapter is written
     say(f"adapter written to {out} (best epoch {best['epoch']}: {cfg.monitor} {best['value']:.4f})")
     return out
 
@@ -707,17 +724,26 @@ def _train_epoch(
     with _seeded_global_rng(dev, _epoch_seed(cfg.seed, "dropout", epoch)):
         for i, (k, rows) in enumerate(bar):
             t = tasks[k]
-            index = rows.to(t.images.device)
-            augment = None if t.augment is None else functools.partial(t.augment, generator=aug_gen)
-            loss = trainer.train_step(t.images[index], t.labels[index], t.head, augment=augment)
-            total += loss * len(rows)
-            count += len(rows)
+            share = share_of_batch(len(rows), trainer.world) if trainer.world.distributed else None
+            part = rows if share is None else rows[share.positions]
+            index = part.to(t.images.device)
+            # corruptions are drawn for the whole global batch; this process takes its rows'
+            whole = {} if share is None else {"rows": share.positions, "batch_size": share.batch_size}
+            augment = (None if t.augment is None
+                       else functools.partial(t.augment, generator=aug_gen, **whole))
+            loss = trainer.train_step(t.images[index], t.labels[index], t.head, augment=augment,
+                                      weight=1.0 if share is None else share.weight)
+            counted = len(part) if share is None else share.rows
+            total += loss * counted
+            count += counted
             if progress and i % 10 == 0:
                 lr = trainer.scheduler.get_last_lr()[0]
                 bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{lr:.2e}")
         trainer.flush()
     set_lora_training(net, False)
-    return float(total) / count
+    # the mean over every process's rows: the epoch's loss as one process would report it
+    total = reduce_sum(torch.stack([total, torch.tensor(float(count), device=dev)]), trainer.world)
+    return float(total[0]) / float(total[1])
 
 
 def _final_config(
