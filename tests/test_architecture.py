@@ -1,9 +1,9 @@
 """The layers of the package: no module imports a higher layer (function-level imports too).
 
-Low to high: the base (the package root, ``_files``, ``_cache``, ``_distributed``,
-``runtime``, ``severity``, ``seeding``) < data < corruptions < models < evaluation <
-adaptation < reporting < the entry points (demo, cli). A module may import its own layer
-and any lower one; an import of a higher layer is an upward arrow.
+Low to high: the base (the package root, ``_files``, ``_process``, ``_errors``, ``_cache``,
+``_distributed``, ``runtime``, ``severity``, ``seeding``) < data < corruptions < models <
+evaluation < adaptation < reporting < the entry points (demo, cli). A module may import its
+own layer and any lower one; an import of a higher layer is an upward arrow.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import medrobust
 
 PACKAGE = Path(medrobust.__file__).resolve().parent
 LAYERS = (
-    ("__init__", "_files", "_cache", "_distributed", "runtime", "severity", "seeding"),
+    ("__init__", "_files", "_process", "_errors", "_cache", "_distributed", "runtime",
+     "severity", "seeding"),
     ("data",),
     ("corruptions",),
     ("models",),

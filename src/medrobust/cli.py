@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from medrobust.runtime import keep_freed_memory
+from medrobust._errors import user_message
+from medrobust.runtime import check_device, keep_freed_memory
 from medrobust.severity import SEVERITIES, parse_severities
 
 if TYPE_CHECKING:
@@ -145,16 +148,46 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _weights(args: argparse.Namespace) -> dict[str, str]:
+    """``--weights MODEL=PATH`` (repeatable) as {model: path}; a bare ``PATH`` belongs to the
+    one ``--model`` of the command."""
+    models = args.model if isinstance(args.model, list) else [args.model] if args.model else []
+    chosen: dict[str, str] = {}
+    for item in args.weights or []:
+        name, sep, path = item.partition("=")
+        if not sep or (name not in models and Path(item).exists()):
+            if len(models) != 1:
+                raise ValueError(f"--weights {item}: with several --model options (or none), "
+                                 "write --weights MODEL=PATH")
+            name, path = models[0], item
+        if name not in models:
+            raise ValueError(f"--weights {item}: there is no --model {name} in this command "
+                             f"(models: {', '.join(models) or 'none'})")
+        chosen[name] = path
+    return chosen
+
+
+def _add_weights_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", action="append", metavar="MODEL=PATH",
+                   help="use a local copy of a model's weights (a file or folder) instead of "
+                        "downloading them; repeatable; a bare PATH if there is one --model")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation.merge import merge_when_done
     from .evaluation.runner import GridSpec, run_grid
     from .evaluation.sharding import parse_shard, shard_from_env
+    from .models import create_model
 
     if not args.model and not args.adapter:
         raise ValueError("give at least one --model or --adapter")
     shard = parse_shard(args.shard) if args.shard else shard_from_env()
     device = shard.device(args.device) if shard else args.device
-    models: list = list(args.model or [])
+    weights = _weights(args)
+    models: list = [
+        create_model(m, device=device, weights=weights[m]) if m in weights else m
+        for m in args.model or []
+    ]
     if args.adapter:
         from .adaptation import load_adapted_model
 
@@ -166,12 +199,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         resize=not args.native_size, pretrained=not args.random_weights,
         data_options=_data_options(args),
     )
-    summary = run_grid(spec, args.run_dir, progress=not args.quiet, shard=shard)
+    summary = run_grid(spec, args.run_dir, progress=not args.quiet, shard=shard, wait=args.wait,
+                       claim_timeout=args.claim_timeout)
     store_dir = shard.store_dir(args.run_dir) if shard else Path(args.run_dir)
     where = f"shard {shard.index}/{shard.count}: " if shard else ""
-    print(f"{where}{summary.computed} cells computed, {summary.skipped} already done, "
-          f"{summary.busy} taken by another process; {summary.images_per_second:.1f} images/s; "
-          f"results in {store_dir / 'results.sqlite'}")
+    print(f"{where}{summary.computed} cells computed, {summary.skipped} already done; "
+          f"{summary.images_per_second:.1f} images/s; results in {store_dir / 'results.sqlite'}")
     if shard is not None and shard.launcher == "torchrun":
         store_dir = Path(args.run_dir)
         merged = merge_when_done(args.run_dir, shard)  # rank 0 merges, the others wait for it
@@ -184,6 +217,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         with ResultsStore(store_dir) as store:
             print(f"exported {store.export(args.export)}")
+    return _completeness(summary, where)
+
+
+def _completeness(summary: Any, where: str = "") -> int:
+    """Say whether the grid is complete; exit status 1 (naming the missing cells) if not."""
+    done = summary.total - len(summary.missing)
+    if summary.missing:
+        print(f"{where}incomplete: {done} of {summary.total} cells; missing "
+              f"{len(summary.missing)}: " + "; ".join(summary.missing), file=sys.stderr)
+        print("rerun the same command to finish them", file=sys.stderr)
+        return 1
+    print(f"{where}complete: {done} of {summary.total} cells")
     return 0
 
 
@@ -201,6 +246,16 @@ def _config(cls: type[C], args: argparse.Namespace, **derived: Any) -> C:
     on other options), which take the place of an option of the same name."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{**{k: v for k, v in vars(args).items() if k in names}, **derived})
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return value
 
 
 def _warmup(text: str) -> float | int:
@@ -237,7 +292,10 @@ def pretrain_config(args: argparse.Namespace) -> PretrainConfig:
 def cmd_adapt(args: argparse.Namespace) -> int:
     from .adaptation import adapt, convert_robustmedclip
 
-    model_kwargs = {"pretrained": not args.random_weights}
+    model_kwargs: dict = {"pretrained": not args.random_weights}
+    weights = _weights(args)
+    if weights:
+        model_kwargs["weights"] = next(iter(weights.values()))
     if args.import_robustmedclip:
         out = convert_robustmedclip(
             args.import_robustmedclip, args.out, base_model=args.model or "biomedclip",
@@ -261,7 +319,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     settings = DemoSettings.quick() if args.quick else DemoSettings()
     run_demo(args.out, data_root=args.data_root, extra_models=args.model or (), settings=settings,
-             device=args.device, seed=args.seed, progress=not args.quiet)
+             device=args.device, seed=args.seed, progress=not args.quiet, weights=_weights(args))
     return 0
 
 
@@ -336,6 +394,7 @@ def _add_eval(sub: Subparsers) -> None:
     p.add_argument("--adapter", action="append",
                    help="a LoRA adapter folder from `medrobust adapt` (repeatable)")
     p.add_argument("--merge", action="store_true", help="merge adapters into the base weights")
+    _add_weights_option(p)
     p.add_argument("--dataset", action="append", required=True, help="dataset (repeatable)")
     p.add_argument("--split", default="test")
     p.add_argument("--size", type=int, default=28, help="MedMNIST file size to read")
@@ -361,6 +420,15 @@ def _add_eval(sub: Subparsers) -> None:
     p.add_argument("--shard", metavar="I/N",
                    help="evaluate shard I of N (0-based) of the grid's cells into RUN/shards/ "
                         "(default under torchrun or a SLURM array: from the environment)")
+
+
+    p.add_argument("--wait", type=_seconds,
+                   help="wait at most this many seconds for cells another live process is "
+                        "computing (default: until they are done; 0: do not wait)")
+    p.add_argument("--claim-timeout", type=_seconds, default=300.0,
+                   help="seconds without a heartbeat after which another host's claim on a "
+                        "cell is stale and taken over (default 300; same-host claims are "
+                        "taken over as soon as their process is gone)")
     p.add_argument("--quiet", action="store_true")
     _add_data_options(p)
     p.set_defaults(func=cmd_eval)
@@ -388,6 +456,7 @@ def _add_adapt(sub: Subparsers) -> None:
     p.add_argument("--model", help="base model name (default biomedclip for --import-robustmedclip)")
     p.add_argument("--dataset", action="append", help="training dataset (repeatable)")
     p.add_argument("--out", required=True, help="adapter folder to write")
+    _add_weights_option(p)
     p.add_argument("--data-root")
     p.add_argument("--device", default="cpu")
     p.add_argument("--random-weights", action="store_true")
@@ -443,6 +512,7 @@ def _add_demo(sub: Subparsers) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--data-root")
     p.add_argument("--model", action="append", help="also evaluate this model if its weights are present")
+    _add_weights_option(p)
     p.add_argument("--quick", action="store_true", help="a reduced grid (under 2 minutes)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
@@ -495,12 +565,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _set_threads(threads: int) -> None:
-    import os
-
     import torch
 
     if threads < 0:
-        raise SystemExit(f"medrobust: error: --threads must be >= 0, got {threads}")
+        raise ValueError(f"--threads must be >= 0, got {threads}")
     if threads == 0 and (os.cpu_count() or 1) <= 2:
         threads = 1
     if threads:
@@ -508,20 +576,24 @@ def _set_threads(threads: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 ok, 2 bad input or failure)."""
+    """Entry point; returns the exit status (0 ok, 1 an incomplete evaluation grid, 2 bad
+    input or a failure the user can fix). ``MEDROBUST_DEBUG=1`` adds the traceback."""
     args = build_parser().parse_args(argv)
-    _set_threads(args.threads)
-    keep_freed_memory()
-    from .data.readers import MissingDependencyError
-
     try:
+        _set_threads(args.threads)
+        keep_freed_memory()
+        if getattr(args, "device", None):
+            check_device(args.device)
         return args.func(args)
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0
-    except (ValueError, KeyError, TypeError, FileNotFoundError, PermissionError, OSError,
-            MissingDependencyError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+    except Exception as exc:
+        message = user_message(exc)
+        if message is None:
+            raise
+        if os.environ.get("MEDROBUST_DEBUG", "") not in ("", "0"):
+            traceback.print_exc()
         print(f"medrobust {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

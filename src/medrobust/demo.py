@@ -14,7 +14,7 @@ Every step resumes: finished adapters and evaluation cells are kept.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,14 +76,27 @@ def run_demo(
     seed: int = 0,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    weights: Mapping[str, str | Path] | None = None,
 ) -> dict[str, Path]:
-    """Run the demo into ``out_dir``; returns the report's paths."""
+    """Run the demo into ``out_dir``; returns the report's paths. ``weights`` maps extra
+    models to local weight files (a model given weights must load; others are skipped with a
+    note when their weights are absent)."""
     settings = settings or DemoSettings()
     out = Path(out_dir)
     started = time.perf_counter()
     datasets = [open_dataset(d, split="test", root=data_root) for d in DEMO_DATASETS]
     log("[1/4] data: " + ", ".join(f"{d.name} ({len(d)} test images, {d.modality})" for d in datasets))
 
+    models: list[str | ModelAdapter] = [BASE_MODEL]
+    weights = dict(weights or {})
+    for name in extra_models:
+        if name in weights:
+            models.append(create_model(name, device=device, weights=weights[name]))
+            continue
+        try:
+            models.append(create_model(name, device=device))
+        except Exception as exc:  # weights absent: the demo goes on without that model
+            log(f"      skipping {name}: {str(exc).splitlines()[0]}")
     held_out = _test_corruptions(DEMO_DATASETS)
     augment_exclude = [c for c in get_suite(settings.augment_suite).corruptions if c in held_out]
     adapters = []
@@ -103,12 +116,6 @@ def run_demo(
                   device=device, progress=progress, log=lambda _msg: None)
             adapters.append(folder)
 
-    models: list[str | ModelAdapter] = [BASE_MODEL]
-    for name in extra_models:
-        try:
-            models.append(create_model(name, device=device))
-        except Exception as exc:  # weights absent: the demo goes on without that model
-            log(f"      skipping {name}: {str(exc).splitlines()[0]}")
     models += [load_adapted_model(folder, device) for folder in adapters]
     run_dir = out / "run"
     spec = GridSpec(models=models, datasets=datasets, suite="medmnist-c",

@@ -22,7 +22,7 @@ import sys
 from functools import cache
 from typing import Any
 
-__all__ = ["keep_freed_memory", "to_device"]
+__all__ = ["check_device", "keep_freed_memory", "to_device"]
 
 # mallopt parameters (glibc malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -66,3 +66,24 @@ def to_device(tensor: Any, device: Any) -> Any:
     if device.type == "cuda" and tensor.device.type == "cpu":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
+
+
+def check_device(device: str) -> str:
+    """``device`` if torch can use it here; else a ValueError that says what to use instead
+    (asked for a GPU on a machine without one, torch fails deep inside with a traceback)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {device!r} is not a device name ({exc}); use cpu or cuda") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "torch was built without CUDA" if torch.version.cuda is None else "no GPU or driver found"
+            raise ValueError(f"--device {device}: no CUDA GPU is usable here ({why}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} "
+                             "CUDA GPU(s), numbered from 0")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: Apple's MPS is not available here; use --device cpu")
+    return device

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
 
+from medrobust._process import Owner, _start_token, current_owner
 from medrobust.corruptions import get_suite
 from medrobust.corruptions.generate import GenerateConfig, generate_benchmark
 from medrobust.data import IncompleteBenchmarkError, load_medmnist
@@ -198,3 +203,31 @@ def test_folder_without_modality_and_unnamed_classes_are_refused(tiny_clip, scan
     with pytest.raises(ValueError, match="no class names"):
         run_grid(_spec(tiny_clip, str(tmp_path / "mine.npz"), suite="imagenet-c"),
                  tmp_path / "b", progress=False)
+
+
+def test_a_live_owners_cell_is_reported_or_waited_for_and_a_dead_ones_taken_over(
+    tiny_clip, breast, tmp_path
+):
+    """Another live process's cell is never silently skipped: without waiting it is named
+    as missing; waiting, it is computed here once its owner dies."""
+    first = run_grid(_spec(tiny_clip, breast), tmp_path, progress=False)
+    assert first.complete and first.total == 5
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        owner = Owner(current_owner().host, other.pid, _start_token(other.pid))
+        with ResultsStore(tmp_path) as store:
+            (row,) = store.rows(corruption="pixelate", severity=5)
+            store._conn.execute("DELETE FROM cells WHERE cell_id = ?", (row["cell_id"],))
+            store._conn.execute("INSERT INTO claims VALUES (?, ?, ?)",
+                                (row["cell_id"], str(owner), time.time()))
+        report = run_grid(_spec(tiny_clip, breast), tmp_path, progress=False, wait=0)
+        assert report.computed == 0 and report.busy == 1 and report.total == 5
+        assert len(report.missing) == 1 and "pixelate severity 5" in report.missing[0]
+        assert str(owner) in report.missing[0]
+        threading.Timer(1.0, other.kill).start()
+        waited = run_grid(_spec(tiny_clip, breast), tmp_path, progress=False,
+                          log=lambda _m: None)
+        assert waited.computed == 1 and waited.complete and waited.skipped == 4
+    finally:
+        other.kill()
+        other.wait()

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import csv
-import multiprocessing as mp
+import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
+from medrobust._process import Owner, _start_token, current_owner
 from medrobust.evaluation.store import CellKey, ResultsStore, StoreError
 
 
@@ -75,20 +79,60 @@ def test_config_changes_the_cell(tmp_path):
     assert a.cell_id != b.cell_id
 
 
-def _claim_in_child(run_dir, queue):
-    with ResultsStore(run_dir) as store:
-        queue.put(store.claim(_key("gaussian_noise", 1)))
+def _claim_as(store, key, owner, heartbeat):
+    """Record a claim by ``owner`` (as another process would) with its last heartbeat."""
+    store._conn.execute(
+        "INSERT OR REPLACE INTO claims (cell_id, owner, claimed_at) VALUES (?, ?, ?)",
+        (key.cell_id, str(owner), heartbeat),
+    )
 
 
-def test_a_claimed_cell_is_not_taken_by_another_process(tmp_path):
+def test_a_live_owners_claim_holds_and_a_dead_owners_is_taken_over_at_once(tmp_path):
+    """A real other process on this host: its claim holds while it runs and is taken over
+    the moment it dies, without waiting for any timeout."""
+    key = _key("gaussian_noise", 1)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        owner = Owner(current_owner().host, other.pid, _start_token(other.pid))
+        with ResultsStore(tmp_path, claim_timeout=3600) as store:
+            _claim_as(store, key, owner, time.time())
+            assert not store.claim(key) and store.holder(key) == str(owner)
+            other.kill()
+            other.wait()
+            assert store.holder(key) is None and store.claim(key)
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_reused_pid_is_not_the_owner(tmp_path):
+    """The claim records the owner's start time: a live process with that pid but another
+    start time (the pid was reused) does not hold the claim."""
+    key = _key("pixelate", 2)
+    me = current_owner()
+    with ResultsStore(tmp_path, claim_timeout=3600) as store:
+        _claim_as(store, key, Owner(me.host, os.getpid(), "1"), time.time())
+        assert store.claim(key)
+
+
+def test_another_hosts_claim_lasts_while_its_heartbeat_is_fresh(tmp_path):
+    key = _key("speckle_noise", 3)
+    with ResultsStore(tmp_path, claim_timeout=60) as store:
+        _claim_as(store, key, Owner("elsewhere", 4242, "77"), time.time() - 30)
+        assert not store.claim(key)
+        _claim_as(store, key, Owner("elsewhere", 4242, "77"), time.time() - 61)
+        assert store.claim(key)
+
+
+def test_the_heartbeat_refreshes_this_processs_claims(tmp_path):
+    key = _key("motion_blur", 1)
     with ResultsStore(tmp_path) as store:
-        assert store.claim(_key("gaussian_noise", 1))
-        ctx = mp.get_context("spawn")
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_claim_in_child, args=(tmp_path, queue))
-        proc.start()
-        proc.join(60)
-        assert queue.get(timeout=5) is False
+        assert store.claim(key)
+        store._conn.execute("UPDATE claims SET claimed_at = 0")
+        with store.heartbeat(interval=0.05):
+            time.sleep(0.5)
+        (beat,) = store._conn.execute("SELECT claimed_at FROM claims").fetchone()
+        assert time.time() - beat < 5
 
 
 def test_export_csv(tmp_path):

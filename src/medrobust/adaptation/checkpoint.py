@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import save_file
 
 from medrobust import __version__
-from medrobust._files import atomic_path
+from medrobust._files import atomic_path, write_failure
 from medrobust.models import ModelAdapter, WeightsMismatchError, create_model, save_model
-from medrobust.models.weights import RANDOM_INIT
+from medrobust.models.weights import RANDOM_INIT, read_safetensors
 
 from .lora import (
     LoraSettings,
@@ -111,8 +112,11 @@ def save_adapter(model: ModelAdapter, out_dir: str | Path, config: Mapping[str, 
     format) to ``out_dir``; weights first, config last, each atomically. Returns ``out_dir``."""
     out = Path(out_dir)
     state = lora_state_dict(model)
-    with atomic_path(out / ADAPTER_WEIGHTS) as tmp:
-        save_file(state, str(tmp), metadata={"format": ADAPTER_FORMAT})
+    try:
+        with atomic_path(out / ADAPTER_WEIGHTS) as tmp:
+            save_file(state, str(tmp), metadata={"format": ADAPTER_FORMAT})
+    except SafetensorError as exc:  # how safetensors reports a failed write
+        raise write_failure(out / ADAPTER_WEIGHTS, exc) from exc
     full = {
         "format": ADAPTER_FORMAT,
         "format_version": FORMAT_VERSION,
@@ -132,7 +136,10 @@ def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(
             f"{folder} is not a medrobust adapter folder: {ADAPTER_CONFIG} is missing"
         )
-    config = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}): the adapter folder is damaged") from None
     if config.get("format") != ADAPTER_FORMAT:
         raise ValueError(
             f"{path} is not a {ADAPTER_FORMAT} config (format {config.get('format')!r})"
@@ -153,6 +160,7 @@ def _build_base(
     device: str | torch.device,
     base_model: str | ModelAdapter | None,
     cache_dir: str | Path | None,
+    chain: tuple[Path, ...] = (),
 ) -> ModelAdapter:
     cache = {"cache_dir": cache_dir} if cache_dir is not None else {}
     if base_model is not None:
@@ -163,7 +171,14 @@ def _build_base(
     if kind == "create_model":
         return create_model(source["name"], device=device, **{**source["kwargs"], **cache})
     if kind == "adapter":
-        return load_adapted_model(source["dir"], device, merge=True, cache_dir=cache_dir)
+        base_dir = Path(source["dir"]).expanduser().resolve()
+        if base_dir in chain:
+            loop = " -> ".join(str(p) for p in (*chain, base_dir))
+            raise ValueError(
+                f"adapter {chain[-1]} refers to itself as its base model ({loop}); its "
+                f"{ADAPTER_CONFIG} is damaged: train or import the adapter again"
+            )
+        return _load_adapted(base_dir, device, True, None, cache_dir, chain)
     raise ValueError(
         f"the adapter's base model {config['base'].get('name')!r} was a ready model with random "
         "weights that cannot be rebuilt from its name: pass base_model= (the same model)"
@@ -218,9 +233,21 @@ def load_adapted_model(
         WeightsMismatchError: the base's vision tower differs from the one trained on.
         ValueError: a malformed folder or weights that do not fit the LoRA layers.
     """
-    folder = Path(adapter_dir).expanduser()
+    return _load_adapted(Path(adapter_dir), device, merge, base_model, cache_dir, ())
+
+
+def _load_adapted(
+    adapter_dir: Path,
+    device: str | torch.device,
+    merge: bool,
+    base_model: str | ModelAdapter | None,
+    cache_dir: str | Path | None,
+    chain: tuple[Path, ...],
+) -> ModelAdapter:
+    """:func:`load_adapted_model`; ``chain`` holds the adapter folders whose base this is."""
+    folder = adapter_dir.expanduser()
     config = read_adapter_config(folder)
-    model = _build_base(config, device, base_model, cache_dir)
+    model = _build_base(config, device, base_model, cache_dir, (*chain, folder.resolve()))
     expected = config["base"]["vision_sha256"]
     found = vision_fingerprint(model)
     if found != expected:
@@ -235,7 +262,7 @@ def load_adapted_model(
         targets="|".join(re.escape(m) for m in lora["modules"]),  # exactly the trained layers
     )
     apply_lora(model, settings, verify=False)
-    state = load_file(str(folder / ADAPTER_WEIGHTS))
+    state = read_safetensors(folder / ADAPTER_WEIGHTS, "a LoRA adapter")
     if tensors_sha256(state) != config["adapter_sha256"]:
         raise ValueError(
             f"{folder / ADAPTER_WEIGHTS} does not match the sha256 recorded in its config "

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from torch import Tensor
 
 from medrobust.models import ModelAdapter, WeightsMismatchError
+from medrobust.models.weights import read_safetensors
 
 from .._files import file_sha256
 from .checkpoint import ADAPTER_CONFIG, base_source, prepare_base, save_adapter
@@ -75,19 +75,18 @@ def read_robustmedclip_lora(path: str | Path) -> RobustMedClipLora:
     a: dict[int, Tensor] = {}
     b: dict[int, Tensor] = {}
     projection = None
-    with safe_open(str(file), framework="pt") as f:
-        for key in f.keys():  # noqa: SIM118 - safe_open handles have no __iter__
-            pair, fc = _PAIR_KEY.fullmatch(key), _FC_KEY.fullmatch(key)
-            if pair:
-                target = a if pair["ab"] == "a" else b
-                target[int(pair["index"])] = f.get_tensor(key).to(torch.float32)
-            elif fc:
-                projection = f.get_tensor(key).to(torch.float32)
-            else:
-                raise ValueError(
-                    f"{file}: unexpected key {key!r}; a RobustMedCLIP LoRA file holds only "
-                    "w_a_XXX, w_b_XXX and fc_<in>in_<out>out"
-                )
+    for key, tensor in read_safetensors(file, "RobustMedCLIP LoRA weights").items():
+        pair, fc = _PAIR_KEY.fullmatch(key), _FC_KEY.fullmatch(key)
+        if pair:
+            target = a if pair["ab"] == "a" else b
+            target[int(pair["index"])] = tensor.to(torch.float32)
+        elif fc:
+            projection = tensor.to(torch.float32)
+        else:
+            raise ValueError(
+                f"{file}: unexpected key {key!r}; a RobustMedCLIP LoRA file holds only "
+                "w_a_XXX, w_b_XXX and fc_<in>in_<out>out"
+            )
     n = len(a)
     if n == 0 or sorted(a) != list(range(n)) or sorted(b) != list(range(n)):
         raise ValueError(

@@ -41,6 +41,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from medrobust._distributed import World, process_group, world
+from medrobust._files import remove_orphans
 from medrobust.corruptions import RandomCorruption, derive_seed, get_suite, prepare_images
 from medrobust.corruptions.suites import REFERENCE_SIZE
 from medrobust.data import ImageDataset, open_dataset
@@ -587,6 +588,7 @@ class _Progress:
 def _restore(run: _Run, resume: bool, say: Callable[[str], None]) -> _Progress:
     """Resume from the run's state file, refuse a folder holding another run, or start."""
     out, state_path = run.out, run.out / STATE_FILE
+    remove_orphans(out)  # temporary files of killed runs
     if state_path.is_file():
         state = load_train_state(state_path)
         if state.get("fingerprint") != run.fingerprint:

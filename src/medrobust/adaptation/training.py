@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .checkpoint import atomic_path
+from .._files import atomic_path, write_failure
 
 __all__ = [
     "Stepper",
@@ -122,9 +122,15 @@ def improved(value: float, best: float | None, *, higher_is_better: bool) -> boo
 
 
 def save_train_state(path: Path, state: Mapping[str, Any]) -> None:
-    """Write a resumable training state atomically (a crash never leaves a torn file)."""
-    with atomic_path(path) as tmp:
-        torch.save(dict(state), tmp)
+    """Write a resumable training state atomically (a crash never leaves a torn file).
+
+    ``torch.save`` reports a failed write (a full disk) as a RuntimeError; it becomes the
+    OSError behind it."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(dict(state), tmp)
+    except RuntimeError as exc:
+        raise write_failure(path, exc) from exc
 
 
 def load_train_state(path: Path) -> dict[str, Any]:

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from .._files import file_sha256, write_text_atomic
+from .._files import file_sha256, remove_orphans, temp_prefix, write_text_atomic
 from ..data import ImageDataset, NpzWriter
 from ..data.layouts import LAYOUTS, BenchmarkFile, Layout, get_layout
 from ..severity import SEVERITIES, check_severity, is_clean
@@ -190,6 +190,7 @@ def _start(
     }
     manifest_path = layout.manifest_path(dataset.name, dataset.split)
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
+    remove_orphans(manifest_path.parent)  # temporary files of killed runs
     previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
     if previous is not None and previous.get("config") != recorded:
         raise ValueError(
@@ -226,7 +227,7 @@ def _write_pending(pending: list[BenchmarkFile], job: _Job, progress: bool) -> N
     image_shape = tuple(first.shape[-2:]) + ((3,) if first.shape[1] == 3 else ())
     factor = 1.0 if config.resize else first.shape[-1] / job.suite.reference_size
     labels = np.asarray(dataset.labels)
-    cache_path = job.root / dataset.name / f".{dataset.split}-clean-cache.npy"
+    cache_path = job.root / dataset.name / f"{temp_prefix(f'{dataset.split}-clean-cache')}npy"
     total = sum(f.blocks for f in pending) * n
     bar = tqdm(total=total, unit="img", desc=f"{dataset.name} {job.suite.name}", disable=not progress)
     try:

@@ -32,7 +32,7 @@ from ..severity import CLEAN, SEVERITIES, Condition, conditions, is_clean
 from .merge import write_shard_info
 from .pipeline import Producer, ResultWriter
 from .sharding import Shard, grid_digest, partition
-from .store import CellKey, ResultsStore
+from .store import CLAIM_TIMEOUT, CellKey, ResultsStore
 
 __all__ = ["CLEAN", "GridSpec", "RunSummary", "run_grid"]
 
@@ -66,15 +66,23 @@ class GridSpec:
 
 @dataclass
 class RunSummary:
+    """What a run did, and whether its grid is complete in the store afterwards."""
+
     computed: int = 0
-    skipped: int = 0
-    busy: int = 0
+    skipped: int = 0  # cells already done (before this run, or by another process)
+    busy: int = 0  # cells found claimed by another live process
     seconds: float = 0.0
     images: int = 0
+    total: int = 0  # cells (model x dataset x corruption x severity) of this run's grid
+    missing: list[str] = field(default_factory=list)  # cells not in the store at the end
 
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds else 0.0
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
 
 
 def _precision(spec: GridSpec, device: torch.device) -> str:
@@ -248,6 +256,9 @@ def run_grid(
     progress: bool = True,
     model_factory: Callable[..., ModelAdapter] = create_model,
     shard: Shard | None = None,
+    wait: float | None = None,
+    claim_timeout: float = CLAIM_TIMEOUT,
+    log: Callable[[str], None] = print,
 ) -> RunSummary:
     """Evaluate every cell of ``spec`` not yet in ``run_dir``'s store.
 
@@ -255,6 +266,9 @@ def run_grid(
     that still needs the cell, so corruption work does not grow with the number of models.
     With a ``shard``, only that shard's cells are evaluated, into the shard's own store
     (``run_dir/shards/shard-I-of-N``; see :mod:`medrobust.evaluation.sharding`).
+    Cells that another live process is computing are waited for, at most ``wait`` seconds
+    (None: until they are done); a dead owner's cells are taken over and computed here.
+    ``RunSummary.missing`` names the cells that are not in the store at the end.
     """
     device = torch.device(spec.device)
     summary = RunSummary()
@@ -267,13 +281,64 @@ def run_grid(
         model.to(device).eval()
     plan = _plan(spec, models, device)
     store_dir = shard.store_dir(run_dir) if shard else Path(run_dir)
-    with ResultsStore(store_dir) as store:
+    with ResultsStore(store_dir, claim_timeout=claim_timeout) as store, store.heartbeat():
         for work in plan:
             _record_info(store, work.dataset, models, work.whole)
         if shard is not None:
             _take_shard(spec, models, plan, shard, store)
+        grid = [(work, cell) for work in plan for cell in work.cells]
         _run_cells(spec, models, plan, store, summary, progress)
+        _wait_for_others(spec, models, plan, store, summary, wait, log)
+        keys = [key for work, cell in grid for key in _keys(spec, models, work, cell)]
+        summary.total = len(keys)
+        summary.missing = [_describe(k, store.holder(k)) for k in keys if not store.is_done(k)]
+        summary.skipped = summary.total - summary.computed - len(summary.missing)
     return summary
+
+
+def _busy(
+    spec: GridSpec, models: Sequence[ModelAdapter], plan: list[_DatasetWork], store: ResultsStore
+) -> list[tuple[_DatasetWork, Condition]]:
+    """The cells of ``plan`` some model still needs and another process has claimed."""
+    return [(work, cell) for work in plan for cell in work.cells
+            if any(not store.is_done(k) for k in _keys(spec, models, work, cell))]
+
+
+def _wait_for_others(
+    spec: GridSpec,
+    models: Sequence[ModelAdapter],
+    plan: list[_DatasetWork],
+    store: ResultsStore,
+    summary: RunSummary,
+    wait: float | None,
+    log: Callable[[str], None],
+    poll: float = 1.0,
+) -> None:
+    """Wait for the cells other live processes compute; take over those whose owner dies."""
+    waiting = _busy(spec, models, plan, store)
+    summary.busy = len(waiting)
+    if not waiting or (wait is not None and wait <= 0):
+        return
+    owners = sorted({h for w, c in waiting for k in _keys(spec, models, w, c) if (h := store.holder(k))})
+    log(f"waiting for {len(waiting)} cell(s) that another process is computing "
+        f"({', '.join(owners) or 'owner unknown'})")
+    deadline = None if wait is None else time.monotonic() + wait
+    while waiting and (deadline is None or time.monotonic() < deadline):
+        time.sleep(poll)
+        orphaned = [(w, c) for w, c in waiting if any(
+            not store.is_done(k) and store.holder(k) is None for k in _keys(spec, models, w, c))]
+        if orphaned:  # their owner died: compute them here
+            for work in plan:
+                work.cells = [c for w, c in orphaned if w is work]
+            _run_cells(spec, models, plan, store, summary, progress=False)
+        waiting = [(w, c) for w, c in waiting
+                   if any(not store.is_done(k) for k in _keys(spec, models, w, c))]
+
+
+def _describe(key: CellKey, holder: str | None) -> str:
+    cell = key.corruption if is_clean(key.corruption) else f"{key.corruption} severity {key.severity}"
+    where = f" (claimed by live process {holder})" if holder else ""
+    return f"{key.model} / {key.dataset} ({key.split}) / {cell}{where}"
 
 
 _Item = tuple[_DatasetWork, Condition, list[tuple[CellKey, ZeroShotClassifier]]]
@@ -307,8 +372,9 @@ def _run_cells(
     """Score every cell of ``plan`` not done: claimed one cell ahead, so the producer thread
     makes the next cell's images while the model scores this one; results are written by the
     writer thread."""
-    names = ", ".join(m.name for m in models)
-    bar = tqdm(total=sum(len(w.cells) for w in plan), desc=f"[{names}]", unit="cell",
+    # a short label: a bar wider than the terminal is cut down to its label, counts and all
+    label = f"{len(models)} model{'s' if len(models) > 1 else ''} x {len(plan)} dataset(s)"
+    bar = tqdm(total=sum(len(w.cells) for w in plan), desc=label, unit="cell",
                disable=not progress)
     pending = _claimed(spec, models, plan, store, summary, bar)
     current = upcoming = None

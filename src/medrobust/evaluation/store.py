@@ -6,27 +6,36 @@ the database), then its row is inserted in one transaction: a run killed at any 
 loses at most the cell in flight and never leaves a half-written row. Several processes may
 share one store: a cell is claimed before it is computed, and SQLite's locking (WAL mode,
 busy timeout) serialises the writes.
+
+A claim names its owner (host, pid, process start time). A claim whose owner is dead is taken
+over at once: on the same host the process is gone (or its pid now belongs to a newer
+process); on another host its heartbeat, which the owner refreshes while it computes
+(:meth:`ResultsStore.heartbeat`), is older than ``claim_timeout`` seconds.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
-import os
-import socket
 import sqlite3
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from .._files import atomic_path
+from .._files import atomic_path, remove_orphans, write_failure
+from .._process import Owner, current_owner
 
 __all__ = ["CellKey", "ResultsStore", "StoreError"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cells (
@@ -60,6 +69,12 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 INFO_KINDS = ("dataset", "model", "suite")
+_REQUIRED_COLUMNS = {
+    "cells": {"cell_id", "model", "weights_hash", "dataset", "split", "corruption", "severity",
+              "seed", "suite", "config", "n", "predictions"},
+    "claims": {"cell_id", "owner", "claimed_at"},
+}
+CLAIM_TIMEOUT = 300.0  # seconds without a heartbeat after which another host's claim is stale
 METRIC_COLUMNS = ("accuracy", "balanced_accuracy", "auc", "ece", "error", "balanced_error")
 
 
@@ -91,28 +106,100 @@ class CellKey:
         return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
+def _translated(doing: str) -> Callable[[_F], _F]:
+    """Turn a SQLite failure inside a store method into a clear error (see ``_error``)."""
+
+    def wrap(method: _F) -> _F:
+        @functools.wraps(method)
+        def run(self: ResultsStore, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except sqlite3.Error as exc:
+                raise self._error(exc, doing) from exc
+
+        return run  # type: ignore[return-value]
+
+    return wrap
+
+
 class ResultsStore:
     """SQLite database ``results.sqlite`` plus ``predictions/<cell>.npz`` in a run folder."""
 
-    def __init__(self, run_dir: str | Path, *, claim_timeout: float = 3600.0) -> None:
+    def __init__(
+        self, run_dir: str | Path, *, claim_timeout: float = CLAIM_TIMEOUT, readonly: bool = False
+    ) -> None:
+        """Open (or create) the run's store; ``readonly`` opens an existing one for reading
+        only, which needs no write access to the folder (a shared or archived run)."""
+        if not claim_timeout > 0:
+            raise ValueError(f"claim_timeout must be > 0 seconds, got {claim_timeout}")
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "results.sqlite"
         self.predictions_dir = self.run_dir / "predictions"
         self.claim_timeout = claim_timeout
-        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.readonly = readonly
+        self.owner = str(current_owner())
         try:
-            self.predictions_dir.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA busy_timeout=60000")
-            self._conn.executescript(_SCHEMA)
+            self._conn = self._open_readonly() if readonly else self._open_writable()
+            self._check_schema(allow_empty=False)
         except sqlite3.DatabaseError as exc:
-            raise StoreError(
-                f"cannot open the run database {self.path}: {exc}. It is not a medrobust results "
-                "database or it is damaged; use another --run-dir (nothing was changed)."
-            ) from exc
+            raise self._error(exc, "open") from exc
         except OSError as exc:
             raise StoreError(f"cannot create run folder {self.run_dir}: {exc}") from exc
+
+    def _open_writable(self) -> sqlite3.Connection:
+        self.predictions_dir.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+        self._conn = conn
+        self._check_schema()  # before anything is written to a file that may be foreign
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA busy_timeout=60000")
+        conn.executescript(_SCHEMA)
+        remove_orphans(self.run_dir)  # temporary files of killed processes
+        return conn
+
+    def _open_readonly(self) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise StoreError(
+                f"{self.run_dir} holds no evaluation results ({self.path.name} is missing): "
+                f"run `medrobust eval ... --run-dir {self.run_dir}` first"
+            )
+        uri = self.path.resolve().as_uri()
+        try:
+            conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None)
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError:  # a WAL database in a read-only folder
+            conn = sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
+        return conn
+
+    def _check_schema(self, allow_empty: bool = True) -> None:
+        """Refuse a SQLite file that is not a results store (another program's database);
+        a new, empty one passes when ``allow_empty``."""
+        tables = self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        if allow_empty and not tables:
+            return
+        for table, needed in _REQUIRED_COLUMNS.items():
+            found = {row[1] for row in self._conn.execute(f"PRAGMA table_info({table})")}
+            if not needed <= found:
+                raise StoreError(
+                    f"{self.path} is not a medrobust results database (its table {table!r} "
+                    f"lacks {', '.join(sorted(needed - found))}); use another --run-dir "
+                    "(nothing was changed)"
+                )
+
+    def _error(self, exc: sqlite3.Error, doing: str) -> Exception:
+        """A clear error for a failed SQLite call: storage problems say so, damage says so."""
+        name = getattr(exc, "sqlite_errorname", "")
+        if name.startswith(("SQLITE_IOERR", "SQLITE_FULL")):
+            return write_failure(self.path, exc)
+        if name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM")):
+            return StoreError(
+                f"cannot {doing} the run database {self.path}: {exc}; the folder must be "
+                "writable (report reads a run without writing: medrobust report RUN --out DIR)"
+            )
+        return StoreError(
+            f"cannot {doing} the run database {self.path}: {exc}. It is not a medrobust results "
+            "database or it is damaged; use another --run-dir (nothing was changed)."
+        )
 
     def close(self) -> None:
         self._conn.close()
@@ -123,12 +210,16 @@ class ResultsStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @_translated("read")
     def is_done(self, key: CellKey) -> bool:
         row = self._conn.execute("SELECT 1 FROM cells WHERE cell_id = ?", (key.cell_id,)).fetchone()
         return row is not None
 
+    @_translated("write")
     def claim(self, key: CellKey) -> bool:
-        """Reserve a cell for this process; False if it is done or another live process has it."""
+        """Reserve a cell for this process; False if it is done or another live process has it.
+
+        A claim of a dead owner is taken over (see the module's docstring)."""
         now = time.time()
         with self._transaction():
             if self.is_done(key):
@@ -136,7 +227,7 @@ class ResultsStore:
             row = self._conn.execute(
                 "SELECT owner, claimed_at FROM claims WHERE cell_id = ?", (key.cell_id,)
             ).fetchone()
-            if row and row[0] != self.owner and now - row[1] < self.claim_timeout:
+            if row and row[0] != self.owner and self._claim_alive(row[0], row[1], now):
                 return False
             self._conn.execute(
                 "INSERT OR REPLACE INTO claims (cell_id, owner, claimed_at) VALUES (?, ?, ?)",
@@ -144,9 +235,57 @@ class ResultsStore:
             )
         return True
 
+    @_translated("read")
+    def holder(self, key: CellKey) -> str | None:
+        """The live owner (``host:pid:start``) of an unfinished cell's claim, else None."""
+        row = self._conn.execute(
+            "SELECT owner, claimed_at FROM claims WHERE cell_id = ?", (key.cell_id,)
+        ).fetchone()
+        if row and row[0] != self.owner and self._claim_alive(row[0], row[1], time.time()):
+            return row[0]
+        return None
+
+    def _claim_alive(self, owner: str, heartbeat: float, now: float) -> bool:
+        """Whether a claim's owner still works on it: its process on this host, else its
+        heartbeat."""
+        parsed = Owner.parse(owner)
+        alive = parsed.alive() if parsed is not None else None
+        if alive is None:
+            return now - heartbeat < self.claim_timeout
+        return alive
+
+    @contextmanager
+    def heartbeat(self, interval: float | None = None) -> Iterator[None]:
+        """Refresh this process's claims every ``interval`` seconds (default: a quarter of
+        ``claim_timeout``, at most 30 s) while the block runs, so other hosts see it alive."""
+        every = interval if interval is not None else min(30.0, self.claim_timeout / 4)
+        stop = threading.Event()
+
+        def beat() -> None:
+            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            try:
+                while not stop.wait(every):
+                    try:
+                        conn.execute("UPDATE claims SET claimed_at = ? WHERE owner = ?",
+                                     (time.time(), self.owner))
+                    except sqlite3.Error:  # busy or full: the next beat tries again
+                        continue
+            finally:
+                conn.close()
+
+        thread = threading.Thread(target=beat, name="medrobust-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    @_translated("write")
     def release(self, key: CellKey) -> None:
         self._conn.execute("DELETE FROM claims WHERE cell_id = ? AND owner = ?", (key.cell_id, self.owner))
 
+    @_translated("write")
     def add(
         self,
         key: CellKey,
@@ -176,6 +315,7 @@ class ResultsStore:
             )
             self._conn.execute("DELETE FROM claims WHERE cell_id = ?", (key.cell_id,))
 
+    @_translated("read")
     def rows(self, **filters: Any) -> list[dict[str, Any]]:
         """All finished cells as dicts, optionally filtered by column equality."""
         allowed = {"model", "dataset", "split", "corruption", "severity", "suite", "seed"}
@@ -184,13 +324,11 @@ class ResultsStore:
             raise ValueError(f"cannot filter on {sorted(unknown)}; allowed: {sorted(allowed)}")
         where = " AND ".join(f"{k} = ?" for k in filters)
         sql = "SELECT * FROM cells" + (f" WHERE {where}" if where else "") + " ORDER BY model, dataset, corruption, severity"
-        try:
-            cursor = self._conn.execute(sql, tuple(filters.values()))
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot read the run database {self.path}: {exc}") from exc
+        cursor = self._conn.execute(sql, tuple(filters.values()))
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
+    @_translated("write")
     def set_info(self, kind: str, name: str, info: Mapping[str, Any]) -> None:
         """Record what a ``kind`` ('dataset', 'model' or 'suite') named ``name`` is, so that a
         report reads it from the run instead of guessing it from the name (meta table)."""
@@ -201,6 +339,7 @@ class ResultsStore:
             (f"{kind}:{name}", json.dumps(dict(info), sort_keys=True, default=str)),
         )
 
+    @_translated("read")
     def info(self) -> dict[str, dict[str, dict[str, Any]]]:
         """``{kind: {name: info}}`` recorded with ``set_info``; empty kinds for older runs."""
         out: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in INFO_KINDS}

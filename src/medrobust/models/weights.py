@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 from platformdirs import user_cache_dir
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -46,6 +47,7 @@ __all__ = [
     "host_reachable",
     "hub_offline_if_unreachable",
     "load_state_dict_strict",
+    "read_safetensors",
     "read_state_dict",
     "save_state_dict",
     "sha256_files",
@@ -224,10 +226,12 @@ def _unavailable(
     else:
         how_get = f"download them from {source.homepage}"
     options.append(
-        f"{how_get} and pass create_model('{model_name}', weights='/path/to/file-or-folder')"
+        f"{how_get} and pass it: --weights {model_name}=PATH on the command line, "
+        f"create_model('{model_name}', weights=PATH) in Python (PATH: the file or folder)"
     )
     options.append(
-        "use pretrained=False for randomly initialised weights (tests only; scores are meaningless)"
+        "use --random-weights / pretrained=False for randomly initialised weights (tests only; "
+        "scores are meaningless)"
     )
     where = ""
     if source.kind not in ("manual", "package_file"):
@@ -382,7 +386,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if path.suffix == ".safetensors":
-        state = load_file(str(path), device="cpu")
+        state = read_safetensors(path)
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -400,6 +404,19 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     return dict(state)
+
+
+def read_safetensors(path: str | Path, what: str = "weights") -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file; a damaged or foreign file is a clear error."""
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise WeightsMismatchError(
+            f"{path} is not a readable .safetensors file of {what} ({exc}); "
+            "download or write it again"
+        ) from exc
 
 
 def _ignorable(key: str) -> bool:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from .._files import write_text_atomic
+from .._files import temp_prefix, write_text_atomic
 from ..evaluation.robustness import MIN_DENOMINATOR, check_error_type
 from ..evaluation.store import ResultsStore
 from ..severity import CLEAN
@@ -100,7 +100,7 @@ def _load_run(run_dir: Path) -> tuple[list[dict], RunInfo]:
         raise FileNotFoundError(
             f"no results database {database}: {run_dir} is not a medrobust run folder "
             "(evaluate models into it first)")
-    with ResultsStore(run_dir) as store:
+    with ResultsStore(run_dir, readonly=True) as store:
         rows, info = store.rows(), RunInfo.from_store(store.info())
     if not rows:
         raise ValueError(f"the run database {database} has no finished cells yet; "
@@ -433,7 +433,16 @@ def write_report(
     )  # fmt: skip
     analysis = analyse(results, baseline)
     out = Path(out_dir) if out_dir is not None else run_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / temp_prefix("write-test")
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise PermissionError(
+            f"cannot write the report to {out} ({exc.strerror or exc}): write it to another "
+            "folder with --out DIR (out_dir=...); the run itself is only read"
+        ) from exc
 
     tables = build_tables(analysis)
     headline = tables.pop("headline")
