@@ -157,12 +157,6 @@ def _rows(store_dir: Path) -> int:
         return 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the killed process's claim on its cell in flight stays live for claim_timeout; taking "
-           "over the claims of dead owners is issue 13's crash-safety work: remove this mark "
-           "when it lands (the run then resumes every cell)",
-)
 def test_a_killed_shard_resumes(shared_data, tmp_path):
     grid = ["--severities", "1-5", "--limit", "32", "--batch-size", "16"]
     run = tmp_path / "run"
