@@ -27,6 +27,7 @@ __all__ = [
     "ImagePreprocess",
     "ModelAdapter",
     "ModelInfo",
+    "TextEmbeddingUnsupportedError",
     "TextTokenizer",
 ]
 
@@ -210,6 +211,10 @@ class HFTextTokenizer:
         }
 
 
+class TextEmbeddingUnsupportedError(NotImplementedError):
+    """A model whose text tower cannot be run from token embeddings (no prompt tuning)."""
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What a model is and where its weights come from (recorded with every result)."""
@@ -309,6 +314,59 @@ class ModelAdapter(nn.Module, ABC):
 
     def forward(self, pixels: Tensor) -> Tensor:
         return self.encode_image(pixels)
+
+    @property
+    def text_token_embedding(self) -> nn.Embedding:
+        """The lookup table that turns the text tower's input ids into token embeddings.
+
+        Families whose ``encode_text`` starts with one such lookup override this; prompt
+        tuning (learned context vectors) needs it.
+        """
+        raise TextEmbeddingUnsupportedError(
+            f"model {self.name!r} (family {self.family or type(self).__name__}) cannot run its "
+            "text tower from token embeddings, so prompt tuning is not available for it"
+        )
+
+    def embed_text_tokens(self, input_ids: Tensor) -> Tensor:
+        """Token ids (N, L) -> the text tower's token embeddings (N, L, W), before positions."""
+        return self.text_token_embedding(input_ids.to(self.device))
+
+    def encode_text_from_embeddings(
+        self, tokens: Mapping[str, Tensor], embeddings: Tensor
+    ) -> Tensor:
+        """``encode_text(tokens)`` with the token-embedding lookup replaced by ``embeddings``.
+
+        ``embeddings`` (N, L, W) stand in for ``embed_text_tokens(tokens['input_ids'])``; the
+        ids still drive everything else the tower derives from them (padding mask, end-token
+        pooling), so the ids must mark real tokens where the embeddings do. The tower's own
+        code runs unchanged (a forward hook swaps the lookup's output), and gradients flow
+        back into ``embeddings``. Given the lookup's own output, the result equals
+        ``encode_text(tokens)`` exactly.
+        """
+        table = self.text_token_embedding
+        calls = 0
+
+        def swap(_module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
+            nonlocal calls
+            calls += 1
+            if output.shape != embeddings.shape:
+                raise ValueError(
+                    f"model {self.name!r}: embeddings of shape {tuple(embeddings.shape)} do not "
+                    f"match the token embeddings {tuple(output.shape)} of these tokens"
+                )
+            return embeddings.to(device=output.device, dtype=output.dtype)
+
+        handle = table.register_forward_hook(swap)
+        try:
+            features = self.encode_text(tokens)
+        finally:
+            handle.remove()
+        if calls != 1:
+            raise TextEmbeddingUnsupportedError(
+                f"model {self.name!r}: its text tower looked up token embeddings {calls} times "
+                "for one encode_text call (expected once), so they cannot be replaced"
+            )
+        return features
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
         """Texts -> ``{'input_ids', 'attention_mask'}`` of shape (N, context_length)."""

@@ -69,6 +69,10 @@ class HFClipAdapter(ModelAdapter):
     def encode_image(self, pixels: Tensor) -> Tensor:
         return _pooled(self.model.get_image_features(pixel_values=pixels))
 
+    @property
+    def text_token_embedding(self) -> nn.Embedding:
+        return self.model.text_model.get_input_embeddings()
+
     def encode_text(self, tokens: Mapping[str, Tensor]) -> Tensor:
         tokens = self._tokens_on_device(tokens)
         if self.is_siglip:  # SigLIP was trained on max_length-padded ids without a mask

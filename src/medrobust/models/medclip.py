@@ -117,6 +117,10 @@ class MedCLIPAdapter(ModelAdapter):
     def encode_image(self, pixels: Tensor) -> Tensor:
         return self.model.vision_model(pixels)
 
+    @property
+    def text_token_embedding(self) -> nn.Embedding:
+        return self.model.text_model.model.get_input_embeddings()
+
     def encode_text(self, tokens: Mapping[str, Tensor]) -> Tensor:
         tokens = self._tokens_on_device(tokens)
         mask = tokens.get("attention_mask")

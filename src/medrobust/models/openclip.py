@@ -72,6 +72,20 @@ class OpenClipAdapter(ModelAdapter):
     def encode_text(self, tokens: Mapping[str, Tensor]) -> Tensor:
         return self.model.encode_text(self._tokens_on_device(tokens)["input_ids"])
 
+    @property
+    def text_token_embedding(self) -> nn.Embedding:
+        text = getattr(self.model, "text", None)
+        if text is None:  # CLIP keeps its text tower's parts on the model itself
+            return self.model.token_embedding
+        hf_model = getattr(text, "transformer", None)
+        if hasattr(hf_model, "get_input_embeddings"):  # HFTextEncoder (PubMedBERT, ...)
+            return hf_model.get_input_embeddings()
+        if getattr(text, "cls_emb", None) is None and not getattr(text, "use_pad_mask", False):
+            table = getattr(text, "token_embedding", None)  # plain TextTransformer
+            if isinstance(table, nn.Embedding):
+                return table
+        return super().text_token_embedding
+
 
 def _resolve_path(value: str, base_dir: Path) -> str:
     """A relative file/folder name existing under ``base_dir`` -> its absolute path; else as is."""
