@@ -242,6 +242,11 @@ class PromptLearner(nn.Module):
         features = model.encode_text_from_embeddings(tokens, embeddings)
         return F.normalize(features.float(), dim=-1)
 
+    def class_weights(self, model: ModelAdapter, class_names: Sequence[str]) -> Tensor:
+        """The prototypes without gradient: what zero-shot scoring uses (``ClassHead``)."""
+        with torch.no_grad():
+            return self.text_features(model, class_names)
+
     def prompts(self, class_names: Sequence[str]) -> list[list[str]]:
         """What each class's prompt is, in words (recorded with results)."""
         s = self.settings
@@ -253,10 +258,33 @@ class PromptLearner(nn.Module):
     def describe(self) -> dict[str, Any]:
         """The config section this context is rebuilt from (with its weights)."""
         return {
-            **self.settings.to_dict(),
+            "settings": self.settings.to_dict(),
             "n_tokens": self.n_tokens,
             "start": self.start,
             "context_ids": self.context_ids.tolist(),
             "class_names": list(self.class_names),
             "shape": list(self.ctx.shape),
         }
+
+    @classmethod
+    def from_description(
+        cls, model: ModelAdapter, description: Mapping[str, Any], ctx: Tensor
+    ) -> PromptLearner:
+        """Rebuild a saved context for ``model`` (whose tokenizer must place it the same way)."""
+        settings = PromptSettings.from_dict(description["settings"])
+        learner = cls(model, settings, class_names=description.get("class_names", ()))
+        same = learner.start == description["start"] and (
+            learner.context_ids.tolist() == list(description["context_ids"])
+        )
+        if not same:
+            raise ValueError(
+                f"model {model.name!r} tokenizes the context differently from the model it was "
+                "learned with (another tokenizer?)"
+            )
+        if tuple(ctx.shape) != tuple(learner.ctx.shape):
+            raise ValueError(
+                f"saved context of shape {tuple(ctx.shape)} does not fit {tuple(learner.ctx.shape)}"
+            )
+        with torch.no_grad():
+            learner.ctx.copy_(ctx.to(learner.ctx.device, learner.ctx.dtype))
+        return learner

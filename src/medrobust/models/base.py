@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from ..data.datasets import check_images
 
 __all__ = [
+    "ClassHead",
     "ClipBpeTokenizer",
     "HFTextTokenizer",
     "ImagePreprocess",
@@ -211,6 +212,23 @@ class HFTextTokenizer:
         }
 
 
+class ClassHead(Protocol):
+    """Learned class weights that replace a model's fixed text prompts in zero-shot scoring.
+
+    Set as ``model.class_head`` (for example a learned prompt context); the zero-shot head
+    then scores ``logit_scale * normalize(image) @ class_weights(model, names).T (+ bias)``.
+    """
+
+    def class_weights(self, model: ModelAdapter, class_names: Sequence[str]) -> Tensor:
+        """(K, D) float32 weights, one row per class name (unit-norm text prototypes for a
+        learned prompt)."""
+        ...
+
+    def prompts(self, class_names: Sequence[str]) -> list[list[str]]:
+        """What stands in for each class's prompts, in words (recorded with results)."""
+        ...
+
+
 class TextEmbeddingUnsupportedError(NotImplementedError):
     """A model whose text tower cannot be run from token embeddings (no prompt tuning)."""
 
@@ -235,7 +253,8 @@ class ModelAdapter(nn.Module, ABC):
     ``encode_text`` the output of ``tokenize``; both return unnormalised embeddings.
     Scoring (normalisation, scale, softmax/sigmoid) lives in
     :mod:`medrobust.models.zeroshot`. ``spec`` is the resolved config the adapter was
-    built from (used to save and rebuild it).
+    built from (used to save and rebuild it). ``class_head``, when set, replaces the fixed
+    text prompts in zero-shot scoring (see :class:`ClassHead`).
     """
 
     family: str = ""
@@ -255,6 +274,7 @@ class ModelAdapter(nn.Module, ABC):
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.spec = spec
+        self.class_head: ClassHead | None = None
 
     @property
     def name(self) -> str:

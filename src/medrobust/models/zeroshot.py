@@ -137,6 +137,9 @@ class ZeroShotClassifier:
         prompts: explicit prompt lists per class (e.g. descriptive prompts), instead of templates.
         precision: ``'fp32'``, ``'bf16'`` or ``'fp16'`` autocast for the image tower.
         cache_dir: also keep text prototypes on disk there.
+
+    A model with a ``class_head`` (a learned prompt context, a linear probe) is scored with
+    the head's class weights instead of prompts; templates and prompts are then unused.
     """
 
     def __init__(
@@ -160,8 +163,13 @@ class ZeroShotClassifier:
             raise ValueError("prompts must hold one list of prompts per class name")
         self.model = model
         self.class_names = list(class_names)
-        self.prompts = [list(p) for p in prompts]
         self.precision = precision
+        head = getattr(model, "class_head", None)
+        if head is not None:  # learned class weights (a prompt context, a linear probe)
+            self.prompts = head.prompts(self.class_names)
+            self.text_features = head.class_weights(model, self.class_names).float()
+            return
+        self.prompts = [list(p) for p in prompts]
         self.text_features = text_prototypes(model, self.prompts, cache_dir=cache_dir)
 
     @property
