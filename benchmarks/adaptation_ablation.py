@@ -31,9 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from _common import to_jsonable
-
 import medrobust
+from _common import to_jsonable
 from medrobust.adaptation import AdaptConfig, LoraSettings, adapt, load_adapted_model
 from medrobust.adaptation.linear_probe import fit_linear_probe
 from medrobust.adaptation.prompt import PromptSettings

@@ -38,22 +38,27 @@ from medrobust.models.weights import RANDOM_INIT, read_safetensors
 from .lora import (
     LoraSettings,
     apply_lora,
+    has_lora,
     load_lora_state_dict,
     lora_state_dict,
     merge_lora,
     tensors_sha256,
     vision_fingerprint,
 )
+from .prompt import PromptLearner
 
 __all__ = [
     "ADAPTER_CONFIG",
     "ADAPTER_FORMAT",
     "ADAPTER_WEIGHTS",
+    "PROMPT_KEY",
     "STATE_FILE",
+    "adapter_tensors",
     "atomic_path",
     "base_source",
     "export_merged",
     "load_adapted_model",
+    "load_adapter_tensors",
     "prepare_base",
     "read_adapter_config",
     "save_adapter",
@@ -63,7 +68,8 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "medrobust_adapter.json"
 STATE_FILE = Path("checkpoints") / "train_state.pt"
 ADAPTER_FORMAT = "medrobust-lora"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a learned prompt context (its own tensor and config section)
+PROMPT_KEY = "prompt_context"
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
@@ -107,11 +113,38 @@ def prepare_base(
     return create_model(model, device=device, **dict(model_kwargs))
 
 
+def adapter_tensors(model: ModelAdapter) -> dict[str, torch.Tensor]:
+    """What training changed: the LoRA weights (peft names) and a learned prompt context
+    (``PROMPT_KEY``), as contiguous CPU float32 copies."""
+    state = lora_state_dict(model) if has_lora(model) else {}
+    if isinstance(model.class_head, PromptLearner):
+        state[PROMPT_KEY] = model.class_head.ctx.detach().to("cpu", torch.float32).contiguous()
+        state[PROMPT_KEY] = state[PROMPT_KEY].clone()
+    return state
+
+
+def load_adapter_tensors(model: ModelAdapter, state: Mapping[str, torch.Tensor]) -> None:
+    """Set the LoRA weights and the prompt context from :func:`adapter_tensors`' output."""
+    state = dict(state)
+    ctx = state.pop(PROMPT_KEY, None)
+    head = model.class_head
+    if (ctx is None) != (not isinstance(head, PromptLearner)):
+        raise ValueError("adapter weights and model disagree on whether a prompt context is learned")
+    if ctx is not None:
+        if tuple(ctx.shape) != tuple(head.ctx.shape):
+            raise ValueError(f"prompt context of shape {tuple(ctx.shape)} does not fit "
+                             f"{tuple(head.ctx.shape)}")
+        with torch.no_grad():
+            head.ctx.copy_(ctx.to(head.ctx.device, head.ctx.dtype))
+    if state or has_lora(model):
+        load_lora_state_dict(model, state)
+
+
 def save_adapter(model: ModelAdapter, out_dir: str | Path, config: Mapping[str, Any]) -> Path:
     """Write the model's LoRA weights and ``config`` (completed with the adapter's sha256 and
     format) to ``out_dir``; weights first, config last, each atomically. Returns ``out_dir``."""
     out = Path(out_dir)
-    state = lora_state_dict(model)
+    state = adapter_tensors(model)
     try:
         with atomic_path(out / ADAPTER_WEIGHTS) as tmp:
             save_file(state, str(tmp), metadata={"format": ADAPTER_FORMAT})
@@ -119,7 +152,7 @@ def save_adapter(model: ModelAdapter, out_dir: str | Path, config: Mapping[str, 
         raise write_failure(out / ADAPTER_WEIGHTS, exc) from exc
     full = {
         "format": ADAPTER_FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if PROMPT_KEY in state else 1,
         "code_version": __version__,
         **config,
         "adapter_sha256": tensors_sha256(state),
@@ -190,7 +223,7 @@ def _adapted_identity(
 ) -> None:
     """Give the adapted model its own name, weights id/hash and spec (provenance)."""
     label = config.get("label") or folder.name
-    name = f"{model.name}+lora:{label}" + (":merged" if merged else "")
+    name = f"{model.name}+{config.get('method', 'lora')}:{label}" + (":merged" if merged else "")
     parts = (model.weights_hash, config["base"]["vision_sha256"], config["adapter_sha256"])
     combined = hashlib.sha256("|".join(parts).encode()).hexdigest()
     model.info = dataclasses.replace(
@@ -220,9 +253,12 @@ def load_adapted_model(
     base_model: str | ModelAdapter | None = None,
     cache_dir: str | Path | None = None,
 ) -> ModelAdapter:
-    """The base model with the folder's LoRA adapter, in eval mode on ``device``.
+    """The base model with the folder's adapter, in eval mode on ``device``.
 
-    Its ``name`` is ``<base>+lora:<label>`` and its ``weights_hash`` combines the base's hash,
+    The adapter holds LoRA weights, a learned prompt context (set as the model's
+    ``class_head``: zero-shot scoring then takes the class prototypes from it), or both.
+    Its ``name`` is ``<base>+<method>:<label>`` (method ``lora``, ``prompt`` or
+    ``lora+prompt``) and its ``weights_hash`` combines the base's hash,
     its vision-tower fingerprint and the adapter's sha256, so results stored by the runner
     never mix with the base's. ``merge`` folds the adapter into the base weights (plain
     layers, same outputs up to float rounding; use :func:`export_merged` to write a model
@@ -257,19 +293,26 @@ def _load_adapted(
             "(other weights, or another random seed); pass base_model= with the right model"
         )
     lora = config["lora"]
-    settings = LoraSettings(
-        rank=int(lora["rank"]), alpha=lora["alpha"], dropout=float(lora["dropout"]),
-        targets="|".join(re.escape(m) for m in lora["modules"]),  # exactly the trained layers
-    )
-    apply_lora(model, settings, verify=False)
-    state = read_safetensors(folder / ADAPTER_WEIGHTS, "a LoRA adapter")
+    if lora:
+        settings = LoraSettings(
+            rank=int(lora["rank"]), alpha=lora["alpha"], dropout=float(lora["dropout"]),
+            targets="|".join(re.escape(m) for m in lora["modules"]),  # exactly the trained layers
+        )
+        apply_lora(model, settings, verify=False)
+    else:
+        model.requires_grad_(False)
+    state = read_safetensors(folder / ADAPTER_WEIGHTS, "an adapter")
     if tensors_sha256(state) != config["adapter_sha256"]:
         raise ValueError(
             f"{folder / ADAPTER_WEIGHTS} does not match the sha256 recorded in its config "
             "(modified or partially written)"
         )
-    load_lora_state_dict(model, state)
-    if merge:
+    if config.get("prompt"):
+        if PROMPT_KEY not in state:
+            raise ValueError(f"{folder / ADAPTER_WEIGHTS} lacks the learned prompt context")
+        model.class_head = PromptLearner.from_description(model, config["prompt"], state[PROMPT_KEY])
+    load_adapter_tensors(model, state)
+    if merge and lora:
         merge_lora(model)
     _adapted_identity(model, config, folder, merge)
     return model.to(device).eval()
@@ -281,4 +324,10 @@ def export_merged(
     """Write base + adapter, merged into plain weights, as a model folder that
     ``create_model(folder)`` loads like any model. ``kwargs`` go to :func:`load_adapted_model`."""
     model = load_adapted_model(adapter_dir, device, merge=True, **kwargs)
+    if model.class_head is not None:
+        raise ValueError(
+            f"adapter {adapter_dir} holds a learned prompt context, which a plain model folder "
+            "cannot hold; evaluate it with the adapter itself (eval --adapter, --merge for its "
+            "LoRA part)"
+        )
     return save_model(model, folder)

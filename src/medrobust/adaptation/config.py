@@ -22,11 +22,16 @@ from medrobust.data import DataOptions
 from medrobust.data.fewshot import check_not_test
 
 from .lora import LoraSettings
+from .prompt import PromptSettings
 
-__all__ = ["MONITORS", "PRECISIONS", "AdaptConfig", "PretrainConfig", "config_from_dict"]
+__all__ = [
+    "METHODS", "MONITORS", "PRECISIONS", "AdaptConfig", "PretrainConfig", "config_from_dict",
+]
 
 PRECISIONS = ("auto", "fp32", "bf16")
 MONITORS = ("balanced_accuracy", "loss")
+# What adapt trains: LoRA on the vision tower, a prompt context, or both jointly.
+METHODS = ("lora", "prompt", "lora+prompt")
 DEFAULT_PRETRAIN_DATASETS: tuple[str, ...] = ("breastmnist", "pneumoniamnist", "retinamnist")
 # The optimisation settings an adapter's JSON keeps under "training".
 _TRAINING_KEYS = (
@@ -110,6 +115,9 @@ class AdaptConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     label: str | None = None
     data_options: DataOptions = field(default_factory=DataOptions)
+    method: str = "lora"
+    prompt: PromptSettings = field(default_factory=PromptSettings)
+    prompt_lr: float = 2e-3
 
     def __post_init__(self) -> None:
         self._check_data()
@@ -118,6 +126,11 @@ class AdaptConfig:
             raise TypeError(f"lora must be LoraSettings, got {type(self.lora).__name__}")
         if not isinstance(self.data_options, DataOptions):
             raise TypeError(f"data_options must be DataOptions, got {type(self.data_options).__name__}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if not isinstance(self.prompt, PromptSettings):
+            raise TypeError(f"prompt must be PromptSettings, got {type(self.prompt).__name__}")
+        _check_number("prompt_lr", self.prompt_lr, 0.0, math.inf, open_low=True)
         if self.label is not None and (not isinstance(self.label, str) or not self.label):
             raise ValueError(f"label must be a non-empty string or None, got {self.label!r}")
 
@@ -166,12 +179,23 @@ class AdaptConfig:
             return round(self.warmup * total_steps)
         return min(int(self.warmup), total_steps)
 
+    @property
+    def uses_lora(self) -> bool:
+        return "lora" in self.method.split("+")
+
+    @property
+    def uses_prompt(self) -> bool:
+        return "prompt" in self.method.split("+")
+
     def run_settings(self) -> dict[str, Any]:
         """The data and optimisation settings (no LoRA, no label), as a run's fingerprint has
         always hashed them: an unchanged run resumes and fingerprints as before (the data
-        options count only when set)."""
-        settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                    if f.name not in ("lora", "label", "data_options")}
+        options count only when set, the prompt settings only when a prompt is trained)."""
+        skip = {"lora", "label", "data_options"}
+        if not self.uses_prompt:
+            skip |= {"method", "prompt", "prompt_lr"}
+        settings = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)
+                    if f.name not in skip}
         if self.data_options != DataOptions():
             settings["data_options"] = self.data_options.to_dict()
         return settings
@@ -181,7 +205,8 @@ class AdaptConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AdaptConfig:
-        return config_from_dict(cls, data, lora=LoraSettings, data_options=DataOptions)
+        return config_from_dict(cls, data, lora=LoraSettings, data_options=DataOptions,
+                                prompt=PromptSettings)
 
     @classmethod
     def from_adapter(cls, record: Mapping[str, Any]) -> AdaptConfig:
@@ -200,9 +225,12 @@ class AdaptConfig:
             augment_p=augmentation.get("p", 0.5),
             **{k: record["training"][k] for k in _TRAINING_KEYS},
             seed=record["seeds"]["seed"],
-            lora=LoraSettings.from_dict(record["lora"]),
+            lora=LoraSettings.from_dict(record["lora"]) if record["lora"] else LoraSettings(),
             label=record.get("label"),
             data_options=DataOptions.from_dict(data.get("data_options") or {}),
+            method=record.get("method", "lora"),
+            **({"prompt": PromptSettings.from_dict(record["prompt"]["settings"]),
+                "prompt_lr": record["training"]["lr_prompt"]} if record.get("prompt") else {}),
         )
 
 

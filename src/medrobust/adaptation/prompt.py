@@ -91,8 +91,12 @@ class PromptSettings:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PromptSettings:
-        names = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(
+                f"unknown PromptSettings {unknown}; known: {sorted(cls.__dataclass_fields__)}"
+            )
+        return cls(**d)
 
 
 def _ids(model: ModelAdapter, text: str) -> Tensor:

@@ -50,18 +50,25 @@ from medrobust.evaluation.metrics import cell_metrics
 from medrobust.models import ModelAdapter
 from medrobust.models.zeroshot import ZeroShotClassifier
 
-from .checkpoint import ADAPTER_CONFIG, STATE_FILE, base_source, prepare_base, save_adapter
+from .checkpoint import (
+    ADAPTER_CONFIG,
+    STATE_FILE,
+    adapter_tensors,
+    base_source,
+    load_adapter_tensors,
+    prepare_base,
+    save_adapter,
+)
 from .config import MONITORS, PRECISIONS, AdaptConfig
 from .distributed import reduce_sum, share_of_batch, wrap_image_tower
 from .lora import (
     apply_lora,
     detect_architecture,
-    load_lora_state_dict,
     lora_parameters,
-    lora_state_dict,
     set_lora_training,
     vision_fingerprint,
 )
+from .prompt import PromptLearner
 from .training import (
     Stepper,
     improved,
@@ -70,7 +77,7 @@ from .training import (
     warmup_cosine_scheduler,
 )
 
-__all__ = ["MONITORS", "PRECISIONS", "AdaptConfig", "LoraTrainer", "adapt"]
+__all__ = ["MONITORS", "PRECISIONS", "AdaptConfig", "LoraTrainer", "PromptHeads", "adapt"]
 
 Augment = Callable[[Tensor], Tensor]
 """A batch augmentation: a ``RandomCorruption`` with its generator bound."""
@@ -85,20 +92,35 @@ def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" else None
 
 
+@dataclass(frozen=True)
+class PromptHeads:
+    """A learned prompt context and, per head, the class names it makes prototypes for."""
+
+    learner: PromptLearner
+    classes: Sequence[Sequence[str]]
+    lr: float
+
+
 class LoraTrainer:
-    """Optimizer, schedule, mixed precision and the per-batch step of LoRA training.
+    """Optimizer, schedule, mixed precision and the per-batch step of adaptation: LoRA weights
+    and/or a learned prompt context, trained jointly.
 
     ``heads[h]`` is a (K, D) matrix of unit text prototypes; a batch scored against head
-    ``h`` has labels in ``0..K-1``. A step takes raw uint8 images and does everything the
-    training loop does: transfer, resize to the corruption suite's size, optional corruption,
-    the model's own preprocessing, the forward under autocast, the loss, the backward and (every
-    ``grad_accum`` batches) the optimizer and schedule step.
+    ``h`` has labels in ``0..K-1``. ``heads`` may instead be a :class:`PromptHeads`: head
+    ``h``'s prototypes are then computed at every step from the learned context for
+    ``heads.classes[h]`` (the text tower runs forward and backward, frozen), and the context
+    trains with its own learning rate ``heads.lr`` (one AdamW, two parameter groups, one
+    schedule; a single process only). A step takes raw uint8
+    images and does everything the training loop does: transfer, resize to the corruption
+    suite's size, optional corruption, the model's own preprocessing, the forward under
+    autocast, the loss, the backward and (every ``grad_accum`` batches) the optimizer and
+    schedule step.
     """
 
     def __init__(
         self,
         model: ModelAdapter,
-        heads: Sequence[Tensor],
+        heads: Sequence[Tensor] | PromptHeads,
         *,
         lr: float,
         weight_decay: float,
@@ -110,18 +132,33 @@ class LoraTrainer:
         world: World | None = None,
     ) -> None:
         self.model = model
-        self.params = [p for _, p in lora_parameters(model)]
-        if not self.params:
-            raise ValueError("the model has no LoRA parameters to train (call apply_lora first)")
-        self.device = self.params[0].device
-        self.heads = [h.to(self.device, torch.float32) for h in heads]
+        prompt = heads if isinstance(heads, PromptHeads) else None
+        self.world = world or World()
+        if prompt is not None and self.world.distributed:
+            raise ValueError(
+                "prompt tuning under torchrun is not supported (the context's gradients are not "
+                "synchronised across processes); run adapt with --method prompt or lora+prompt "
+                "in one process"
+            )
+        lora = [p for _, p in lora_parameters(model)]
+        groups = [{"params": lora, "lr": lr}] if lora else []
+        if prompt is not None:
+            groups.append({"params": [prompt.learner.ctx], "lr": prompt.lr})
+        if not groups:
+            raise ValueError(
+                "nothing to train: the model has no LoRA parameters (call apply_lora first) "
+                "and no prompt context was given"
+            )
+        self.params = [p for g in groups for p in g["params"]]
+        self.prompt = prompt
+        self.device = model.device
+        self.heads = [] if prompt else [h.to(self.device, torch.float32) for h in heads]
         self.scale = float(model.logit_scale)
         self.amp_dtype = amp_dtype
         self.resize_to = resize_to
-        optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
         scheduler = warmup_cosine_scheduler(optimizer, warmup=warmup_steps, total=total_steps)
         self.stepper = Stepper(optimizer, scheduler, grad_accum=grad_accum)
-        self.world = world or World()
         # under torchrun: DistributedDataParallel averages the LoRA gradients of the processes
         self.encoder = wrap_image_tower(model, self.world)
 
@@ -152,8 +189,14 @@ class LoraTrainer:
         with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
             features = self.encoder(pixels)
         features = F.normalize(features.float(), dim=-1)
-        logits = self.scale * features @ self.heads[head].T
+        logits = self.scale * features @ self.prototypes(head).T
         return F.cross_entropy(logits, labels.to(self.device, non_blocking=True))
+
+    def prototypes(self, head: int) -> Tensor:
+        """Head ``head``'s class prototypes: fixed, or from the learned context (with grad)."""
+        if self.prompt is None:
+            return self.heads[head]
+        return self.prompt.learner.text_features(self.model, self.prompt.classes[head])
 
     def train_step(self, images: Tensor, labels: Tensor, head: int, *,
                    augment: Augment | None = None, weight: float = 1.0) -> Tensor:
@@ -442,13 +485,13 @@ def adapt(
         "source": base_source(model, kwargs),
     }
     amp = _amp_dtype(cfg.precision, dev)
+    modules = _make_trainable(net, tasks, cfg)
     for t in tasks:
         t.classifier = ZeroShotClassifier(
             net, t.record["class_names"], cfg.templates, t.record["modality"],
             precision="bf16" if amp is not None else "fp32",
         )
     heads, joint_keys = _heads(tasks, cfg.joint_labels)
-    modules = apply_lora(net, cfg.lora, seed=_epoch_seed(cfg.seed, "lora-init", 0))
     reference = tasks[0].augment.suite.reference_size if tasks[0].augment else REFERENCE_SIZE
     resize_to = reference if cfg.resize else None
     per_step_resize = _stage_images(tasks, resize_to, dev)
@@ -458,7 +501,8 @@ def adapt(
     total_steps = steps_per_epoch * cfg.epochs
     with process_group("nccl" if dev.type == "cuda" else "gloo") as group:  # one process: none
         trainer = LoraTrainer(
-            net, heads, lr=cfg.lr, weight_decay=cfg.weight_decay, total_steps=total_steps,
+            net, _prompt_heads(net, tasks, cfg) or heads, lr=cfg.lr,
+            weight_decay=cfg.weight_decay, total_steps=total_steps,
             warmup_steps=cfg.warmup_steps(total_steps), grad_accum=cfg.grad_accum, amp_dtype=amp,
             resize_to=per_step_resize, world=group,
         )
@@ -470,6 +514,34 @@ def adapt(
         say = log if log is not None and group.main else (lambda _msg: None)
         return _train(run, resume=resume, progress=progress and group.main, say=say,
                       callback=callback)
+
+
+def _make_trainable(net: ModelAdapter, tasks: Sequence[_Task], cfg: AdaptConfig) -> list[str]:
+    """Freeze the model and add what the method trains: LoRA layers on the vision tower and/or
+    a prompt context, set as the model's class head (zero-shot scoring then uses it). Returns
+    the names of the LoRA-adapted modules."""
+    net.requires_grad_(False)
+    modules = []
+    if cfg.uses_lora:
+        modules = apply_lora(net, cfg.lora, seed=_epoch_seed(cfg.seed, "lora-init", 0))
+    if cfg.uses_prompt:
+        names = [c for t in tasks for c in t.record["class_names"]]
+        net.class_head = PromptLearner(
+            net, cfg.prompt, class_names=names, seed=_epoch_seed(cfg.seed, "prompt-init", 0)
+        )
+    return modules
+
+
+def _prompt_heads(
+    net: ModelAdapter, tasks: Sequence[_Task], cfg: AdaptConfig
+) -> PromptHeads | None:
+    """The learned context and the class names of each head (one joint head: all, in order)."""
+    if not cfg.uses_prompt:
+        return None
+    classes = [list(t.record["class_names"]) for t in tasks]
+    if cfg.joint_labels:
+        classes = [[c for names in classes for c in names]]
+    return PromptHeads(net.class_head, classes, cfg.prompt_lr)
 
 
 @dataclass
@@ -495,17 +567,23 @@ def _adapter_record(p: _RecordParts) -> dict[str, Any]:
     """The adapter's JSON record (its keys are the on-disk format: keep them) and the run's
     fingerprint, which identifies the same run when resuming."""
     cfg, settings = p.cfg, p.cfg.lora
-    record: dict[str, Any] = {
-        "label": cfg.label or p.out.name,
-        "source": {"kind": "trained"},
-        "base": p.base,
-        "lora": {
+    lora = None
+    if cfg.uses_lora:
+        lora = {
             **settings.to_dict(),
             "lora_alpha": settings.lora_alpha,
             "scaling": settings.scaling,
             "architecture": getattr(detect_architecture(p.net.vision_module), "name", None),
             "modules": p.modules,
-        },
+        }
+    prompt = p.net.class_head.describe() if cfg.uses_prompt else None
+    record: dict[str, Any] = {
+        "label": cfg.label or p.out.name,
+        "source": {"kind": "trained"},
+        "method": cfg.method,
+        "base": p.base,
+        "lora": lora,
+        "prompt": prompt,
         "data": {
             "datasets": [t.record for t in p.tasks],
             "fewshot": cfg.fewshot,
@@ -534,17 +612,20 @@ def _adapter_record(p: _RecordParts) -> dict[str, Any]:
             "total_steps": p.total_steps,
             "warmup_steps": cfg.warmup_steps(p.total_steps),
             "trainable_parameters": sum(q.numel() for q in p.trainer.params),
+            **({"lr_prompt": cfg.prompt_lr} if prompt else {}),
         },
         "seeds": {
             "seed": cfg.seed,
             "fewshot_sampling": "numpy default_rng([seed, crc32(dataset), class])",
             "lora_init": _epoch_seed(cfg.seed, "lora-init", 0),
+            **({"prompt_init": _epoch_seed(cfg.seed, "prompt-init", 0)} if prompt else {}),
             "per_epoch": "derive_seed(seed, 'adapt/<batches|augment|dropout>', 0, epoch)",
         },
     }
     identity = {
         "base": {k: p.base[k] for k in ("name", "weights_hash", "vision_sha256")},
         "lora": record["lora"],
+        **({"prompt": prompt} if prompt else {}),
         "cfg": cfg.run_settings(),
         "amp": str(p.amp),
         "data": [{k: v for k, v in t.record.items() if k != "source"} for t in p.tasks],
@@ -601,7 +682,7 @@ def _restore(run: _Run, resume: bool, say: Callable[[str], None]) -> _Progress:
         if state.get("finished"):
             say(f"{out}: already trained ({state['epoch']} epochs); nothing to do")
             return _Progress(finished=True)
-        load_lora_state_dict(run.net, state["lora"])
+        load_adapter_tensors(run.net, state["lora"])
         run.trainer.load_state_dict(state["trainer"])
         say(f"{out}: resuming after epoch {state['epoch']}")
         return _Progress(list(state["history"]), dict(state["best"]), dict(state["best_lora"]),
@@ -662,7 +743,7 @@ def _train(
 
     best = done.best
     assert best is not None
-    load_lora_state_dict(run.net, done.best_lora)
+    load_adapter_tensors(run.net, done.best_lora)
     if main:
         final = _final_config(run.record, done, cfg, complete=True, stopped_early=stopped_early)
         save_adapter(run.net, out, final)
@@ -682,6 +763,10 @@ def _run_epoch(run: _Run, epoch: int, done: _Progress, progress: bool) -> dict[s
     if epoch > 0:
         train_loss = _train_epoch(run.net, run.tasks, run.trainer, cfg, epoch, run.dev, progress)
     set_lora_training(run.net, False)
+    head = run.net.class_head
+    if head is not None:  # the epoch's learned context makes the validation prototypes
+        for t in run.tasks:
+            t.classifier.text_features = head.class_weights(run.net, t.classifier.class_names)
     val = _validate(run.tasks, cfg.batch_size, run.resize_to, run.dev)
     value = val["mean"][cfg.monitor]
     best_value = None if done.best is None else done.best["value"]
@@ -696,7 +781,7 @@ def _run_epoch(run: _Run, epoch: int, done: _Progress, progress: bool) -> dict[s
         "seconds": time.perf_counter() - started,
     }
     done.history.append(record)
-    lora = lora_state_dict(run.net)
+    lora = adapter_tensors(run.net)
     if better:
         done.best = {"epoch": epoch, "value": value, "validation": val}
         done.best_lora, done.bad_epochs = lora, 0
