@@ -275,11 +275,12 @@ def _targets(text: str) -> str | list[str]:
 
 
 def adapt_config(args: argparse.Namespace) -> AdaptConfig:
-    """The ``AdaptConfig`` (with its ``LoraSettings``) of parsed ``adapt`` options."""
-    from .adaptation import AdaptConfig, LoraSettings
+    """The ``AdaptConfig`` (with its ``LoraSettings`` and ``PromptSettings``) of parsed
+    ``adapt`` options."""
+    from .adaptation import AdaptConfig, LoraSettings, PromptSettings
 
     return _config(AdaptConfig, args, lora=_config(LoraSettings, args),
-                   data_options=_data_options(args))
+                   data_options=_data_options(args), prompt=_config(PromptSettings, args))
 
 
 def pretrain_config(args: argparse.Namespace) -> PretrainConfig:
@@ -452,7 +453,8 @@ def _add_report(sub: Subparsers) -> None:
 def _add_adapt(sub: Subparsers) -> None:
     """``adapt``: the run's options, then one argument group per config (each option's
     ``dest`` is the config field it sets)."""
-    p = sub.add_parser("adapt", help="few-shot LoRA adaptation of a model's vision encoder")
+    p = sub.add_parser("adapt", help="few-shot adaptation: LoRA on the vision encoder and/or "
+                       "a learned prompt context (CoOp)")
     p.add_argument("--model", help="base model name (default biomedclip for --import-robustmedclip)")
     p.add_argument("--dataset", action="append", help="training dataset (repeatable)")
     p.add_argument("--out", required=True, help="adapter folder to write")
@@ -471,6 +473,7 @@ def _add_adapt(sub: Subparsers) -> None:
     lora.add_argument("--alpha", type=float, help="LoRA alpha (default: the rank)")
     lora.add_argument("--dropout", type=float, default=0.0)
     lora.add_argument("--targets", type=_targets, help="preset, regex, or comma-separated module names")
+    _add_adapt_prompt(p.add_argument_group("prompt context (PromptSettings)"))
     _add_adapt_optimisation(p.add_argument_group("optimisation (AdaptConfig)"))
     _add_data_options(p)
     p.set_defaults(func=cmd_adapt)
@@ -494,9 +497,24 @@ def _add_adapt_data(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--label", help="name of the adapter (default from its settings)")
 
 
+def _add_adapt_prompt(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--method", choices=("lora", "prompt", "lora+prompt"), default="lora",
+                   help="train LoRA on the vision encoder, a prompt context, or both jointly")
+    g.add_argument("--prompt-context", dest="context", choices=("shared", "class"),
+                   default="shared", help="one context for all classes, or one per class")
+    g.add_argument("--context-tokens", dest="tokens", type=int, metavar="M",
+                   help="context vectors (default: the tokens of --context-init; 4 if random)")
+    g.add_argument("--context-init", dest="init", default="a photo of a",
+                   help="text whose token embeddings start the context, or 'random' (N(0, 0.02))")
+    g.add_argument("--class-template", default="{}.",
+                   help="what follows the context for each class ({} = the class name)")
+
+
 def _add_adapt_optimisation(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--epochs", type=int, default=20)
-    g.add_argument("--lr", type=float, default=1e-4)
+    g.add_argument("--lr", type=float, default=1e-4, help="learning rate of the LoRA weights")
+    g.add_argument("--prompt-lr", type=float, default=2e-3,
+                   help="learning rate of the prompt context")
     g.add_argument("--weight-decay", type=float, default=1e-4)
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--grad-accum", type=int, default=1)

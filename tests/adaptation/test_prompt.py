@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from medrobust.adaptation import LoraSettings, apply_lora
+from medrobust.adaptation import LoraSettings, LoraTrainer, apply_lora
 from medrobust.adaptation.lora import lora_parameters
 from medrobust.adaptation.prompt import PromptLearner, PromptSettings, locate_context
+from medrobust.adaptation.train import PromptHeads
 from medrobust.evaluation.zeroshot import ZeroShotClassifier
 
 FAMILIES = (  # one model per text-tower kind (see tests/models/test_text_embeddings.py)
@@ -48,13 +48,15 @@ def test_template_init_reproduces_the_fixed_prompt(tiny, name: str, context: str
     )
 
 
-def _train_step(model, learner, pixels, labels, extra=()) -> None:
-    params = [learner.ctx, *extra]
-    optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
-    features = F.normalize(model.encode_image(pixels).float(), dim=-1)
-    logits = model.logit_scale * features @ learner.text_features(model, NAMES).T
-    F.cross_entropy(logits, labels).backward()
-    optimizer.step()
+def _train_step(model, learner) -> LoraTrainer:
+    """One step of the trainer adapt uses, on 4 uint8 images, LoRA (if applied) and context."""
+    trainer = LoraTrainer(model, [], lr=1e-2, weight_decay=0.0, total_steps=10, warmup_steps=0,
+                          prompt=PromptHeads(learner, [NAMES], lr=3e-2))
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (4, 3, 28, 28), dtype=torch.uint8, generator=g)
+    trainer.train_step(images, torch.tensor([0, 1, 2, 0]), 0)
+    assert trainer.steps == 1
+    return trainer
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -64,7 +66,8 @@ def test_only_the_context_changes_in_a_step(tiny, name: str) -> None:
     learner = PromptLearner(model, PromptSettings())
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ctx = learner.ctx.detach().clone()
-    _train_step(model, learner, _pixels(model), torch.tensor([0, 1, 2, 0]))
+    trainer = _train_step(model, learner)
+    assert trainer.params == [learner.ctx]
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not torch.equal(learner.ctx.detach(), ctx)
@@ -82,8 +85,10 @@ def test_lora_and_context_learn_jointly(tiny, name: str) -> None:
     learner = PromptLearner(model, PromptSettings(context="class"), class_names=NAMES)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ctx = learner.ctx.detach().clone()
-    lora = [p for _, p in lora_parameters(model)]
-    _train_step(model, learner, _pixels(model), torch.tensor([0, 1, 2, 0]), lora)
+    trainer = _train_step(model, learner)
+    groups = trainer.optimizer.param_groups
+    assert [g["initial_lr"] for g in groups] == [1e-2, 3e-2]  # LoRA, context: own rates
+    assert groups[1]["params"] == [learner.ctx]
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(".lora_" in k for k in changed)

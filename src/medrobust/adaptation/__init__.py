@@ -1,9 +1,11 @@
-"""Few-shot LoRA adaptation of medical vision-language models (RobustMedCLIP-style).
+"""Few-shot adaptation of medical vision-language models (RobustMedCLIP-style).
 
-``adapt(model, datasets, AdaptConfig(...), out_dir=...)`` trains a LoRA adapter on the vision
-tower with few-shot data and writes it (adapter weights + JSON config) to a folder;
+``adapt(model, datasets, AdaptConfig(...), out_dir=...)`` trains LoRA on the vision tower, a
+CoOp-style prompt context (``PromptLearner``), or both jointly (``method``), with few-shot
+data and writes the adapter (weights + JSON config) to a folder;
 ``load_adapted_model(folder)`` returns a model usable by the evaluation runner like any other;
 ``convert_robustmedclip`` imports the official RobustMedCLIP LoRA files;
+``fit_linear_probe`` fits the linear-probe baseline on the same few-shot data;
 ``pretrain(out_dir, PretrainConfig(...))`` trains medrobust-mini. Both trainings share the
 pieces of ``training`` (schedule, optimizer stepping, training state).
 """
@@ -16,6 +18,7 @@ from .checkpoint import (
     read_adapter_config,
 )
 from .config import AdaptConfig, PretrainConfig
+from .linear_probe import LinearProbeModel, fit_linear_probe
 from .lora import (
     InertTargetError,
     LoraSettings,
@@ -25,6 +28,7 @@ from .lora import (
     resolve_targets,
 )
 from .pretrain import pretrain
+from .prompt import PromptLearner, PromptSettings
 from .robustmedclip import convert_robustmedclip, read_robustmedclip_lora
 from .train import LoraTrainer, adapt
 from .training import warmup_cosine
@@ -34,13 +38,17 @@ __all__ = [
     "ADAPTER_WEIGHTS",
     "AdaptConfig",
     "InertTargetError",
+    "LinearProbeModel",
     "LoraSettings",
     "LoraTrainer",
     "PretrainConfig",
+    "PromptLearner",
+    "PromptSettings",
     "adapt",
     "apply_lora",
     "convert_robustmedclip",
     "export_merged",
+    "fit_linear_probe",
     "load_adapted_model",
     "lora_state_dict",
     "merge_lora",

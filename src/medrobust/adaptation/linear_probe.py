@@ -35,7 +35,8 @@ from medrobust.data import ImageDataset
 from medrobust.evaluation.metrics import cell_metrics
 from medrobust.models import ModelAdapter
 
-from .train import AdaptConfig, _prepare_task
+from .config import AdaptConfig
+from .train import _prepare_task
 
 __all__ = ["DEFAULT_CS", "LinearProbeHead", "LinearProbeModel", "fit_linear_probe"]
 
