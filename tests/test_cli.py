@@ -225,3 +225,35 @@ def test_adapt_on_an_image_folder_records_its_data_options(busi_folder, tmp_path
     assert record["augmentation"]["suite"] == "medmnist-c"
     saved = AdaptConfig.from_adapter(record)
     assert saved == AdaptConfig.from_dict({**expected.to_dict(), "label": "a"})
+
+
+def test_adapt_prompt_then_eval_the_adapter(shared_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MEDROBUST_OFFLINE", "1")
+    out = tmp_path / "adapter"
+    rc = main(["adapt", "--model", "medrobust-mini", "--random-weights", "--dataset", "breastmnist",
+               "--data-root", str(shared_data), "--out", str(out), "--method", "lora+prompt",
+               "--shots", "2", "--epochs", "1", "--val-limit", "8", "--native-size", "--rank", "2",
+               "--prompt-context", "class", "--context-init", "random", "--context-tokens", "2",
+               "--prompt-lr", "0.01", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    config = json.loads((out / "medrobust_adapter.json").read_text())
+    assert config["method"] == "lora+prompt" and config["training"]["lr_prompt"] == 0.01
+    assert config["prompt"]["settings"] == {"context": "class", "init": "random", "tokens": 2,
+                                            "class_template": "{}.", "init_std": 0.02}
+    rc = main(["eval", "--adapter", str(out), "--dataset", "breastmnist", "--data-root",
+               str(shared_data), "--corruptions", "pixelate", "--severities", "1", "--limit", "8",
+               "--run-dir", str(tmp_path / "run"), "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    assert "2 cells computed" in capsys.readouterr().out
+
+
+def test_adapt_prompt_options_are_checked(shared_data, tmp_path, capsys):
+    common = ["adapt", "--model", "medrobust-mini", "--random-weights", "--dataset", "breastmnist",
+              "--data-root", str(shared_data), "--out", str(tmp_path / "a"), "--shots", "2"]
+    assert main([*common, "--method", "prompt", "--context-tokens", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'a photo of a' is 4 tokens" in err
+    assert not (tmp_path / "a" / "medrobust_adapter.json").exists()
+    with pytest.raises(SystemExit) as exc:
+        main([*common, "--method", "coop"])
+    assert exc.value.code == 2
