@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -59,17 +60,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shots", type=_ints, default=[1, 4, 16])
     p.add_argument("--seeds", type=_ints, default=[0, 1, 2])
     p.add_argument("--datasets", default=",".join(DATASETS))
-    p.add_argument("--severities", type=_ints, default=[1, 2, 3, 4, 5])
-    p.add_argument("--limit", type=int, default=None, help="test images per dataset (first N)")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--patience", type=int, default=5)
+    p.add_argument("--severities", type=_ints, default=[3])
+    p.add_argument("--limit", type=int, default=120, help="test images per dataset (first N)")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--patience", type=int, default=3)
     p.add_argument("--lr", type=float, default=5e-4, help="LoRA learning rate")
     p.add_argument("--prompt-lr", type=float, default=2e-3, help="context learning rate")
     p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--val-limit", type=int, default=128)
+    p.add_argument("--val-limit", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1: on a shared machine more threads only contend)")
     p.add_argument("--data-root", type=Path, default=None)
     p.add_argument("--out", type=Path, default=Path("runs/adaptation_ablation"))
     p.add_argument("--results", type=Path, default=RESULTS, help="output path without suffix")
@@ -86,7 +88,7 @@ def _config(args: argparse.Namespace, method: str, shots: int, seed: int) -> Ada
     return AdaptConfig(
         shots=shots, seed=seed, method=method, epochs=args.epochs, patience=args.patience,
         lr=args.lr, prompt_lr=args.prompt_lr, batch_size=args.batch_size,
-        val_limit=args.val_limit, monitor="loss", label=f"{method}-k{shots}-s{seed}",
+        val_limit=args.val_limit, label=f"{method}-k{shots}-s{seed}",
         lora=LoraSettings(rank=args.rank), prompt=PromptSettings(init=CONTEXT_INIT),
     )
 
@@ -171,10 +173,12 @@ def resampled_balanced_accuracy(correct: np.ndarray, draws: list[np.ndarray]) ->
 
 
 def summarise(data: dict[tuple, dict[str, Any]], n_boot: int, seed: int = 0) -> list[dict]:
-    """Mean, std over seeds and bootstrap CI of clean and corrupted balanced accuracy."""
+    """Mean, std over seeds and bootstrap CI of clean and corrupted balanced accuracy, and the
+    paired bootstrap CI of each row's difference from the zero-shot base ('none')."""
     rng = np.random.default_rng(seed)
     draws = {}
     rows = []
+    mean_boots = {}
     keys = sorted({(m, s) for m, s, _ in data}, key=lambda k: (METHODS.index(k[0]), k[1]))
     datasets = sorted({d for _, _, d in data})
     for method, shots in keys:
@@ -200,7 +204,19 @@ def summarise(data: dict[tuple, dict[str, Any]], n_boot: int, seed: int = 0) -> 
         per_seed = {k: np.mean([p for p, _ in v], axis=0) for k, v in boots.items()}
         boot = {k: np.mean([b for _, b in v], axis=0) for k, v in boots.items()}
         row["mean"] = _stats(per_seed, boot, None, None)
+        mean_boots[(method, shots)] = boot
         rows.append(row)
+    none = next((mean_boots[k] for k in mean_boots if k[0] == "none"), None)
+    for row in rows:
+        if none is None or row["method"] == "none":
+            continue
+        boot = mean_boots[(row["method"], row["shots"])]
+        none_mean = next(r for r in rows if r["method"] == "none")["mean"]
+        row["vs_none"] = {
+            k: {"difference": row["mean"][k]["mean"] - none_mean[k]["mean"],
+                "ci95": [float(np.percentile(boot[k] - none[k], q)) for q in (2.5, 97.5)]}
+            for k in ("clean", "corrupted")
+        }
     return rows
 
 
@@ -224,6 +240,14 @@ def _fmt(stat: dict[str, Any]) -> str:
     return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
+def _fmt_diff(row: dict[str, Any], key: str) -> str:
+    if "vs_none" not in row:
+        return "-"
+    d = row["vs_none"][key]
+    lo, hi = d["ci95"]
+    return f"{100 * d['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
 def markdown(rows: list[dict], header: dict[str, Any]) -> str:
     lines = [
         "# Few-shot adaptation ablation (medrobust-mini)",
@@ -231,15 +255,21 @@ def markdown(rows: list[dict], header: dict[str, Any]) -> str:
         f"Datasets: {', '.join(header['datasets'])}; test images per dataset: "
         f"{header['limit'] or 'all'}; MedMNIST-C severities {header['severities']}; seeds "
         f"{header['seeds']}; {header['epochs']} epochs max (patience {header['patience']}, "
-        "checkpoint on validation loss). Balanced accuracy in %: mean ± std over seeds "
+        "checkpoint on validation balanced accuracy, epoch 0 = the base included). "
+        f"Measured in {header['seconds']:.0f} s ({header['threads']} thread) by "
+        f"`python benchmarks/adaptation_ablation.py {header['argv']}`. "
+        "Balanced accuracy in %: mean ± std over seeds "
         f"[95 % bootstrap CI over test images, {header['bootstrap']} stratified resamples, of "
-        "the seed-mean]. 'corrupted' is the mean over every corruption x severity cell.",
+        "the seed-mean]. 'corrupted' is the mean over every corruption x severity cell; the "
+        "Δ columns give the difference from the zero-shot base in points with its paired "
+        "bootstrap CI (the same resampled test images for both).",
         "",
-        "| method | shots/class | clean | corrupted |",
-        "|---|---|---|---|",
+        "| method | shots/class | clean | corrupted | Δ clean vs none | Δ corrupted vs none |",
+        "|---|---|---|---|---|---|",
     ]
     lines += [f"| {r['method']} | {r['shots'] or '-'} | {_fmt(r['mean']['clean'])} | "
-              f"{_fmt(r['mean']['corrupted'])} |" for r in rows]
+              f"{_fmt(r['mean']['corrupted'])} | {_fmt_diff(r, 'clean')} | "
+              f"{_fmt_diff(r, 'corrupted')} |" for r in rows]
     datasets = header["datasets"]
     lines += ["", "Per dataset (clean / corrupted, mean ± std [CI]):", "",
               "| method | shots | " + " | ".join(datasets) + " |",
@@ -249,6 +279,15 @@ def markdown(rows: list[dict], header: dict[str, Any]) -> str:
                  if d in r["datasets"] else "-" for d in datasets]
         lines.append(f"| {r['method']} | {r['shots'] or '-'} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -268,7 +307,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     header = {
         "datasets": args.datasets, "limit": args.limit, "severities": args.severities,
         "seeds": args.seeds, "shots": args.shots, "epochs": args.epochs,
-        "patience": args.patience, "bootstrap": args.bootstrap,
+        "patience": args.patience, "bootstrap": args.bootstrap, "threads": args.threads,
+        "seconds": time.perf_counter() - started,
+        "argv": " ".join(sys.argv[1:] if argv is None else argv),
     }
     result = {
         "benchmark": "adaptation_ablation",
@@ -279,7 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "models": meaning,
         "seconds": {"train": trained - started, "evaluate": evaluated - trained,
                     "total": time.perf_counter() - started},
-        "versions": {"medrobust": medrobust.__version__, "torch": torch.__version__,
+        "versions": {"medrobust": medrobust.__version__, "git_commit": _git_commit(),
+                     "torch": torch.__version__,
                      "python": platform.python_version(), "machine": platform.machine()},
         "rows": rows,
     }
