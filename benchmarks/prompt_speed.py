@@ -39,8 +39,8 @@ from medrobust.adaptation.train import PromptHeads
 from medrobust.corruptions import prepare_images
 from medrobust.data import open_dataset
 from medrobust.data.fewshot import sample_fewshot
-from medrobust.evaluation.zeroshot import ZeroShotClassifier
 from medrobust.models import ModelAdapter, create_model
+from medrobust.models.zeroshot import ZeroShotClassifier
 
 RESULTS = Path(__file__).resolve().parent / "results" / "prompt_speed_cpu"
 METHODS = ("lora", "lora+prompt", "prompt")

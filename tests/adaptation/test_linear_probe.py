@@ -11,7 +11,7 @@ from medrobust.adaptation import AdaptConfig
 from medrobust.adaptation.linear_probe import _features, fit_linear_probe
 from medrobust.adaptation.train import _prepare_task
 from medrobust.corruptions.suites import REFERENCE_SIZE
-from medrobust.evaluation.zeroshot import ZeroShotClassifier
+from medrobust.models.zeroshot import ZeroShotClassifier
 
 CFG = AdaptConfig(shots=8, val_limit=48, seed=1, resize=False)
 

@@ -9,7 +9,7 @@ from medrobust.adaptation import LoraSettings, LoraTrainer, apply_lora
 from medrobust.adaptation.lora import lora_parameters
 from medrobust.adaptation.prompt import PromptLearner, PromptSettings, locate_context
 from medrobust.adaptation.train import PromptHeads
-from medrobust.evaluation.zeroshot import ZeroShotClassifier
+from medrobust.models.zeroshot import ZeroShotClassifier
 
 FAMILIES = (  # one model per text-tower kind (see tests/models/test_text_embeddings.py)
     "medrobust-mini",

@@ -26,8 +26,8 @@ from medrobust.adaptation.training import load_train_state
 from medrobust.data import load_medmnist
 from medrobust.data.fewshot import sample_fewshot
 from medrobust.evaluation import GridSpec, ResultsStore, run_grid
-from medrobust.evaluation.zeroshot import ZeroShotClassifier
 from medrobust.models import create_model
+from medrobust.models.zeroshot import ZeroShotClassifier
 
 TINY = {"pretrained": False, "tiny": True}
 DATASETS = ["breastmnist", "retinamnist"]
