@@ -52,14 +52,13 @@ def _trainer(base: ModelAdapter, method: str, class_names: list[str]) -> LoraTra
     model.requires_grad_(False)
     if "lora" in method.split("+"):
         apply_lora(model, LoraSettings(rank=8))
-    prompt, heads = None, []
     if "prompt" in method.split("+"):
         learner = PromptLearner(model, PromptSettings(init="a medical image of"))
-        prompt = PromptHeads(learner, [class_names], lr=2e-3)
+        heads = PromptHeads(learner, [class_names], lr=2e-3)
     else:  # fixed prototypes of the prompt the context starts from
         heads = [ZeroShotClassifier(model, class_names, ("a medical image of {}.",)).text_features]
     return LoraTrainer(model, heads, lr=5e-4, weight_decay=1e-4, total_steps=10_000,
-                       warmup_steps=0, prompt=prompt)
+                       warmup_steps=0)
 
 
 def _time_steps(trainer: LoraTrainer, images: torch.Tensor, labels: torch.Tensor,

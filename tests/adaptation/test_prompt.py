@@ -50,8 +50,8 @@ def test_template_init_reproduces_the_fixed_prompt(tiny, name: str, context: str
 
 def _train_step(model, learner) -> LoraTrainer:
     """One step of the trainer adapt uses, on 4 uint8 images, LoRA (if applied) and context."""
-    trainer = LoraTrainer(model, [], lr=1e-2, weight_decay=0.0, total_steps=10, warmup_steps=0,
-                          prompt=PromptHeads(learner, [NAMES], lr=3e-2))
+    trainer = LoraTrainer(model, PromptHeads(learner, [NAMES], lr=3e-2), lr=1e-2,
+                          weight_decay=0.0, total_steps=10, warmup_steps=0)
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (4, 3, 28, 28), dtype=torch.uint8, generator=g)
     trainer.train_step(images, torch.tensor([0, 1, 2, 0]), 0)
@@ -169,3 +169,13 @@ def test_text_init_fixes_the_number_of_tokens(tiny) -> None:
     assert PromptLearner(model, PromptSettings(init="an image of", tokens=3)).n_tokens == 3
     with pytest.raises(ValueError, match="needs the class names"):
         PromptLearner(model, PromptSettings(context="class"))
+
+
+def test_prompt_tuning_is_refused_under_torchrun(tiny) -> None:
+    from medrobust._distributed import World
+
+    model = tiny("medrobust-mini")
+    learner = PromptLearner(model, PromptSettings())
+    with pytest.raises(ValueError, match="prompt tuning under torchrun is not supported"):
+        LoraTrainer(model, PromptHeads(learner, [NAMES], lr=1e-2), lr=1e-2, weight_decay=0.0,
+                    total_steps=1, warmup_steps=0, world=World(rank=0, size=2))
