@@ -319,7 +319,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DemoSettings, run_demo
 
     settings = DemoSettings.quick() if args.quick else DemoSettings()
-    run_demo(args.out, data_root=args.data_root, extra_models=args.model or (), settings=settings,
+    out = args.out or ("runs/demo-quick" if args.quick else "runs/demo")
+    run_demo(out, data_root=args.data_root, extra_models=args.model or (), settings=settings,
              device=args.device, seed=args.seed, progress=not args.quiet, weights=_weights(args))
     return 0
 
@@ -527,7 +528,8 @@ def _add_adapt_optimisation(g: argparse._ArgumentGroup) -> None:
 
 def _add_demo(sub: Subparsers) -> None:
     p = sub.add_parser("demo", help="corrupt, evaluate, adapt and report with medrobust-mini")
-    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--out", help="output folder (default runs/demo, or runs/demo-quick with "
+                                 "--quick: the two grids never share a folder)")
     p.add_argument("--data-root")
     p.add_argument("--model", action="append", help="also evaluate this model if its weights are present")
     _add_weights_option(p)
