@@ -128,6 +128,14 @@ def test_adapt_killed_and_resumed_trains_the_same_adapter(forkserver, shared_dat
                 "--out", str(out),
                 "--quiet"]
 
-    landed, _, _ = _campaign(forkserver, tmp_path, argv, seed=3)
+    landed, _, logs = _campaign(forkserver, tmp_path, argv, seed=3)
     assert landed >= 1
     assert load_file(str(tmp_path / "resumed" / "adapter_model.safetensors"))
+    # this tiny run keeps the initial checkpoint: adapt says so and records it
+    config = json.loads((tmp_path / "resumed" / "medrobust_adapter.json").read_text())
+    assert config["validation"]["best_epoch"] == 0 and "initial checkpoint" in config["unchanged"]
+    assert "warning: adaptation did nothing" in (logs / "final.log").read_text()
+    from medrobust.adaptation import load_adapted_model
+
+    notes = load_adapted_model(tmp_path / "resumed").info.notes  # what the report shows
+    assert notes.startswith("adaptation did nothing: the initial checkpoint")

@@ -311,6 +311,12 @@ def cmd_adapt(args: argparse.Namespace) -> int:
                 data_root=args.data_root,
                 device=args.device, model_kwargs=model_kwargs, resume=not args.no_resume,
                 progress=not args.quiet)
+    from .adaptation import read_adapter_config
+
+    unchanged = read_adapter_config(out).get("unchanged")
+    if unchanged:
+        print(f"warning: adaptation did nothing: {unchanged}; the adapter's results will equal "
+              "the base model's (try more shots, epochs or another learning rate)", file=sys.stderr)
     print(f"evaluate it with: medrobust eval --adapter {out} --dataset ... --run-dir ...")
     return 0
 

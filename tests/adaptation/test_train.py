@@ -266,3 +266,15 @@ def test_config_is_saved_with_the_adapter_and_loaded_back(run_a: Path) -> None:
     expected = AdaptConfig(**options, lora=LoraSettings(rank=RUN["rank"]))
     assert AdaptConfig.from_adapter(_config(run_a)) == replace(expected, label=run_a.name)
     assert AdaptConfig.from_dict(json.loads(json.dumps(expected.to_dict()))) == expected
+
+
+def test_an_adapter_that_changes_nothing_is_named():
+    import torch
+
+    from medrobust.adaptation.train import unchanged_reason
+
+    zero = {"m.lora_A.weight": torch.ones(2, 3), "m.lora_B.weight": torch.zeros(3, 2)}
+    trained = {**zero, "m.lora_B.weight": torch.full((3, 2), 1e-3)}
+    assert "initial checkpoint" in unchanged_reason(0, trained)
+    assert "every LoRA B matrix is zero" in unchanged_reason(3, zero)
+    assert unchanged_reason(3, trained) is None

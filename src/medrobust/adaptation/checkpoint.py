@@ -226,9 +226,14 @@ def _adapted_identity(
     name = f"{model.name}+{config.get('method', 'lora')}:{label}" + (":merged" if merged else "")
     parts = (model.weights_hash, config["base"]["vision_sha256"], config["adapter_sha256"])
     combined = hashlib.sha256("|".join(parts).encode()).hexdigest()
+    unchanged = config.get("unchanged")
+    notes = model.info.notes
+    if unchanged:  # the report shows a model's notes: it marks this adapter
+        notes = f"adaptation did nothing: {unchanged}." + (f" {notes}" if notes else "")
     model.info = dataclasses.replace(
         model.info,
         name=name,
+        notes=notes,
         weights_id=f"{model.weights_id} + lora {folder.resolve()}",
         weights_hash=combined,
     )
@@ -241,6 +246,7 @@ def _adapted_identity(
             "adapter_sha256": config["adapter_sha256"],
             "base_weights_hash": config["base"].get("weights_hash"),
             "merged": merged,
+            "unchanged": unchanged,
         },
     }
 

@@ -751,6 +751,9 @@ def _train(
         save_train_state(state_path, {**state, "finished": True})
     run.trainer.world.barrier()  # every process returns once the adapter is written
     say(f"adapter written to {out} (best epoch {best['epoch']}: {cfg.monitor} {best['value']:.4f})")
+    reason = unchanged_reason(best["epoch"], done.best_lora)
+    if reason:
+        say(f"note: adaptation did nothing: {reason}")
     return out
 
 
@@ -833,6 +836,18 @@ def _train_epoch(
     return float(total[0]) / float(total[1])
 
 
+def unchanged_reason(best_epoch: int, lora: Mapping[str, Tensor]) -> str | None:
+    """Why an adapter leaves its base model unchanged (None if it changes it): the initial
+    checkpoint was chosen, or every LoRA B matrix is zero (then B @ A adds nothing)."""
+    if best_epoch == 0:
+        return ("the initial checkpoint (epoch 0, the untouched base model) scored best on "
+                "validation, so the adapter changes nothing")
+    b = [t for k, t in lora.items() if "lora_B" in k]
+    if b and all(not bool(t.any()) for t in b):
+        return "every LoRA B matrix is zero, so the adapter changes nothing"
+    return None
+
+
 def _final_config(
     config: Mapping[str, Any],
     done: _Progress,
@@ -845,6 +860,7 @@ def _final_config(
     assert best is not None
     return {
         **config,
+        "unchanged": unchanged_reason(best["epoch"], done.best_lora),
         "validation": {
             "monitor": cfg.monitor,
             "best_epoch": best["epoch"],
