@@ -76,7 +76,7 @@ def main() -> None:
     device = torch.device(args.device)
     model = create_model(args.model, pretrained=args.pretrained, tiny=args.tiny, device=device)
     dataset = open_dataset(args.dataset, root=args.data_root).subset(range(args.n))
-    suite = get_suite(args.suite, dataset.name if args.suite == "medmnist-c" else None)
+    suite = get_suite(args.suite, dataset.name)
     classifier = ZeroShotClassifier(model, dataset.class_names, None, dataset.modality,
                                     precision=args.precision)
 

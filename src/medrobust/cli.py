@@ -34,9 +34,10 @@ def _add_dataset_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=28, help="MedMNIST file size to read: 28, 64, 128 or 224")
     p.add_argument("--data-root", help="data folder (default: $MEDROBUST_DATA, else the user cache)")
     p.add_argument("--suite", default="medmnist-c",
-                   help="medmnist-c (of the dataset, or of its --modality), medmnist-c/<flag> (a "
-                        "MedMNIST dataset's set on any data), imagenet-c, medimeta-c, or a "
-                        ".toml/.yaml file")
+                   help="medmnist-c (of the dataset, or of its --modality; as published), "
+                        "medmnist-c-fixed (its StainDeposit/BlackCorner quirks corrected), "
+                        "medmnist-c/<flag> (a MedMNIST dataset's set on any data), imagenet-c, "
+                        "medimeta-c, or a .toml/.yaml file")
     p.add_argument("--corruptions", type=_names, help="comma-separated subset of the suite")
     p.add_argument("--severities", type=parse_severities, default=SEVERITIES)
     p.add_argument("--seed", type=int, default=0)

@@ -172,9 +172,11 @@ def test_corruption_augmentation(tmp_path: Path, shared_data, breast_batch) -> N
                 augment_p=1.0, **{**RUN, "epochs": 1})
     aug = _config(out)["augmentation"]
     suite = get_suite("medmnist-c", "breastmnist")
-    assert aug["corruptions"]["breastmnist"] == [
+    assert aug["per_dataset"]["breastmnist"] == [
         c for c in suite.corruptions if c not in ("pixelate", "motion_blur")
     ]
+    assert aug["suite"] == "medmnist-c" and aug["excluded"] == ["pixelate", "motion_blur"]
+    assert aug["corruptions"] == sorted(aug["per_dataset"]["breastmnist"])
     # the augmentation really changes what the model is trained on
     from medrobust.models import create_model
 
@@ -189,6 +191,19 @@ def test_corruption_augmentation(tmp_path: Path, shared_data, breast_batch) -> N
         augmented = trainer.loss(images, labels, 0,
                                  augment=partial(corrupt, generator=torch.Generator().manual_seed(0)))
     assert not torch.equal(plain, augmented)
+
+
+def test_exclusion_removes_the_whole_family(tmp_path: Path, shared_data) -> None:
+    """brightness_up (a MedMNIST-C name) keeps ImageNet-C's brightness out of training too."""
+    out = adapt("clip-vit-b16", ["breastmnist"], out_dir=tmp_path / "fam", data_root=shared_data,
+                augment_suite="imagenet-c", exclude_corruptions=["brightness_up", "speckle_noise"],
+                **{**RUN, "epochs": 1})
+    aug = _config(out)["augmentation"]
+    assert set(aug["excluded"]) == {"brightness", "gaussian_noise", "shot_noise",
+                                    "impulse_noise", "speckle_noise"}
+    assert aug["excluded_families"] == ["brightness", "noise"]
+    assert not set(aug["corruptions"]) & set(aug["excluded"])
+    assert "contrast" in aug["corruptions"]
 
 
 def test_bf16_autocast_step(tiny, breast_batch) -> None:
@@ -239,8 +254,8 @@ def test_gradient_accumulation_matches_a_large_batch(tiny, breast_batch) -> None
         ({"monitor": "accuracy"}, ValueError, "monitor must be one of"),
         ({"precision": "fp16"}, ValueError, "precision must be one of"),
         ({"exclude_corruptions": ["pixelate"]}, ValueError, "needs augment_suite"),
-        ({"augment_suite": "medmnist-c", "exclude_corruptions": ["snow"]}, ValueError,
-         "not in suite"),
+        ({"augment_suite": "medmnist-c", "exclude_corruptions": ["nope"]}, KeyError,
+         "no known family"),
         ({"targets": ["nonexistent"]}, ValueError, "unknown LoRA target"),
         ({"targets": ["out_proj"]}, ValueError, "inert"),
     ],

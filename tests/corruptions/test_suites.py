@@ -30,9 +30,25 @@ def test_reference_parameters_transcribed():
     assert len(derma["zoom_blur"].params[0]) == 12
     assert derma["zoom_blur"].params[0] == pytest.approx(tuple(np.arange(1, 1.11, 0.01)))
     assert get_suite("medmnist-c/pneumoniamnist")["gaussian_blur"].function == "gaussian_blur_kernel"
-    # stain deposit: ink size follows the severity (reference defect 6 fixed)
+    # stain deposit as published: the 0-based severity picks the 24 px ink for levels 1-4
     path = get_suite("medmnist-c/pathmnist")["stain_deposit"]
+    assert [p[1] for p in path.params] == [24, 24, 24, 24, 32]
+    assert get_suite("medmnist-c/dermamnist")["black_corner"].params == (1.1, 1.05, 1, 0.9, 0.95)
+
+
+def test_fixed_variant_corrects_only_the_two_quirks():
+    for dataset in medmnist_c_datasets():
+        published = get_suite("medmnist-c", dataset)
+        fixed = get_suite("medmnist-c-fixed", dataset)
+        assert fixed.name == "medmnist-c-fixed" and fixed.metadata["variant"] == "fixed"
+        assert published.metadata["variant"] == "published"
+        assert fixed.corruptions == published.corruptions
+        changed = {c for c in fixed.corruptions if fixed[c].params != published[c].params}
+        assert changed <= {"stain_deposit", "black_corner"}
+    path = get_suite("medmnist-c-fixed/pathmnist")["stain_deposit"]
     assert [p[1] for p in path.params] == [12, 16, 24, 32, 42]
+    assert get_suite("medmnist-c-fixed/dermamnist")["black_corner"].params == (
+        1.1, 1.05, 1, 0.95, 0.9)
 
 
 def test_imagenet_c_and_medimeta_c():

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from medrobust._distributed import World, process_group, world
 from medrobust._files import remove_orphans
 from medrobust.corruptions import RandomCorruption, derive_seed, get_suite, prepare_images
+from medrobust.corruptions.families import exclude_families, families_of, known_corruptions
 from medrobust.corruptions.suites import REFERENCE_SIZE
 from medrobust.data import ImageDataset, open_dataset
 from medrobust.data.fewshot import sample_fewshot, split_fewshot
@@ -291,25 +292,28 @@ def _augmenters(tasks: Sequence[_Task], cfg: AdaptConfig) -> dict[str, Any] | No
         t.name: get_suite(cfg.augment_suite, t.name, t.record["modality"])
         for t in tasks
     }
-    known = set().union(*(s.entries for s in suites.values()))
-    unknown = sorted(set(cfg.exclude_corruptions) - known)
-    if unknown:
-        raise ValueError(
-            f"exclude_corruptions {unknown} are not in suite {cfg.augment_suite!r} "
-            f"(it has {sorted(known)})"
-        )
     used: dict[str, list[str]] = {}
+    excluded: dict[str, None] = {}
     for t in tasks:
         suite = suites[t.name]
-        exclude = [c for c in cfg.exclude_corruptions if c in suite.entries]
-        t.augment = RandomCorruption(suite, exclude=exclude, p=cfg.augment_p, seed=cfg.seed)
+        kept, dropped = exclude_families(suite.corruptions, cfg.exclude_corruptions)
+        if not kept:
+            raise ValueError(
+                f"excluding the families of {list(cfg.exclude_corruptions)} leaves no corruption "
+                f"of suite {cfg.augment_suite!r} to augment with")
+        t.augment = RandomCorruption(suite, exclude=dropped, p=cfg.augment_p, seed=cfg.seed)
         used[t.name] = list(t.augment.names)
+        excluded.update(dict.fromkeys(dropped))
     return {
         "suite": cfg.augment_suite,
-        "exclude": list(cfg.exclude_corruptions),
+        "corruptions": sorted({c for names in used.values() for c in names}),
+        "excluded": list(excluded),
+        "exclude_requested": list(cfg.exclude_corruptions),
+        "excluded_families": sorted(families_of(
+            c for c in cfg.exclude_corruptions if c in known_corruptions())),
         "p": cfg.augment_p,
         "severities": [1, 2, 3, 4, 5],
-        "corruptions": used,
+        "per_dataset": used,
     }
 
 
@@ -475,6 +479,9 @@ def adapt(
     if len(set(names)) != len(names):
         raise ValueError(f"datasets must be distinct, got {names}")
     augmentation = _augmenters(tasks, cfg)
+    if augmentation is not None and cfg.exclude_corruptions:
+        say(f"augmentation: {cfg.augment_suite} without the families of "
+            f"{', '.join(cfg.exclude_corruptions)}: excluded {', '.join(augmentation['excluded'])}")
     net = prepare_base(model, dev, kwargs)
     base = {
         "name": net.name,

@@ -3,7 +3,12 @@
 Built-in suites:
 
 * ``medmnist-c``: the MedMNIST-C corruptions and parameters of one 2D MedMNIST dataset
-  (``get_suite("medmnist-c", dataset="breastmnist")`` or ``"medmnist-c/breastmnist"``).
+  (``get_suite("medmnist-c", dataset="breastmnist")`` or ``"medmnist-c/breastmnist"``), as
+  published, quirks included (StainDeposit's ink sizes, BlackCorner's severity order), so its
+  images and any comparison with the published AlexNet baselines are the benchmark's.
+* ``medmnist-c-fixed``: the same with those two quirks corrected (severity k uses the k-th
+  ink size; BlackCorner's severities ordered): a named variant, not comparable with the
+  published baselines for stain_deposit and black_corner.
 * ``imagenet-c``: the 15 ImageNet-C benchmark corruptions plus the 4 held-out ones.
 * ``medimeta-c``: the 7 corruptions of MediMeta-C with ImageNet-C parameters.
 
@@ -23,12 +28,14 @@ import torch
 from ..severity import NUM_SEVERITIES, check_severity
 from ._medmnist_c_table import MEDMNIST_C_TABLE
 from ._random import ImageRandom
+from .families import family_of
 from .functional._utils import check_images
 from .functional.blur import zoom_factors
 from .functional.medical import STAIN_INK_SIZES
 from .registry import get_function
 
 __all__ = [
+    "MEDMNIST_C_VARIANTS",
     "NUM_SEVERITIES",
     "Suite",
     "SuiteEntry",
@@ -148,10 +155,19 @@ class Suite:
                     "params": [_jsonable(p) for p in e.params],
                     "stochastic": e.stochastic,
                     "benchmark": e.benchmark,
+                    "family": _family(name),
                 }
                 for name, e in self.entries.items()
             },
         }
+
+
+def _family(name: str) -> str | None:
+    """A corruption's family (None for a user suite's name outside every family)."""
+    try:
+        return family_of(name)
+    except KeyError:
+        return None
 
 
 def _jsonable(value: Any) -> Any:
@@ -160,8 +176,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-# medmnistc class -> our function. StainDeposit gets the ink size of its severity
-# (12, 16, 24, 32, 42 px), fixing the reference's 0-based indexing (docs/corruptions.md).
+# medmnistc class -> our function.
 _MEDMNIST_C_FUNCTIONS = {
     "Pixelate": "pixelate",
     "JPEGCompression": "jpeg_compression",
@@ -212,29 +227,45 @@ def _medmnist_c_dataset(dataset: str | None, modality: str | None) -> str:
     )
 
 
-def _medmnist_c_suite(dataset: str) -> Suite:
+MEDMNIST_C_VARIANTS = ("medmnist-c", "medmnist-c-fixed")
+"""The published MedMNIST-C suite and the variant with its two parameter quirks corrected."""
+
+PUBLISHED_STAIN_INK_SIZES = tuple(STAIN_INK_SIZES[max(3, level) - 1] for level in range(5))
+"""The reference picks ``inks[str(max(3, severity))]`` with a 0-based severity: 24 px inks at
+levels 1-4 and 32 px at level 5 (docs/corruptions.md, defect 6)."""
+
+
+def _medmnist_c_params(cls: str, params: tuple[Any, ...], fixed: bool) -> tuple[Any, ...]:
+    """A MedMNIST-C class's five parameters, as published or with the quirks corrected."""
+    if cls == "StainDeposit":
+        inks = STAIN_INK_SIZES if fixed else PUBLISHED_STAIN_INK_SIZES
+        return tuple(zip(params, inks, strict=True))
+    if cls == "BlackCorner" and fixed:
+        # published (1.1, 1.05, 1.0, 0.9, 0.95): level 4 is harsher than level 5
+        return tuple(sorted(params, reverse=True))
+    return tuple(params)
+
+
+def _medmnist_c_suite(dataset: str, variant: str = "medmnist-c") -> Suite:
     try:
         colour, table = MEDMNIST_C_TABLE[dataset]
     except KeyError:
         raise KeyError(
             f"MedMNIST-C has no dataset {dataset!r}; known: {', '.join(MEDMNIST_C_TABLE)}"
         ) from None
-    entries = {}
-    for name, (cls, params) in table.items():
-        if cls == "StainDeposit":
-            params = tuple(zip(params, STAIN_INK_SIZES, strict=True))
-        elif cls == "BlackCorner":
-            # The reference lists (1.1, 1.05, 1.0, 0.9, 0.95): level 4 is harsher than level 5.
-            # Ordering the same five values makes severity monotone and keeps every
-            # severity-averaged baseline (e.g. MedMNIST-C's AlexNet BE) valid.
-            params = tuple(sorted(params, reverse=True))
-        entries[name] = SuiteEntry(name, _MEDMNIST_C_FUNCTIONS[cls], tuple(params))
+    fixed = variant == "medmnist-c-fixed"
+    entries = {
+        name: SuiteEntry(name, _MEDMNIST_C_FUNCTIONS[cls], _medmnist_c_params(cls, params, fixed))
+        for name, (cls, params) in table.items()
+    }
+    what = ("StainDeposit ink sizes and BlackCorner order corrected" if fixed
+            else "as published, quirks included")
     return Suite(
-        "medmnist-c",
+        variant,
         entries,
-        description=f"MedMNIST-C corruptions of {dataset} ({colour})",
+        description=f"MedMNIST-C corruptions of {dataset} ({colour}; {what})",
         dataset=dataset,
-        metadata={"colour": colour},
+        metadata={"colour": colour, "variant": "fixed" if fixed else "published"},
     )
 
 
@@ -312,11 +343,11 @@ def _medimeta_c_suite() -> Suite:
 
 def list_suites() -> list[str]:
     """Names of the built-in suites (``medmnist-c`` needs a dataset)."""
-    return ["medmnist-c", "imagenet-c", "medimeta-c"]
+    return [*MEDMNIST_C_VARIANTS, "imagenet-c", "medimeta-c"]
 
 
 def get_suite(name: str | Path, dataset: str | None = None, modality: str | None = None) -> Suite:
-    """A suite by name (``medmnist-c[/DATASET]``, ``imagenet-c``, ``medimeta-c``) or file path.
+    """A suite by name (``medmnist-c[-fixed][/DATASET]``, ``imagenet-c``, ``medimeta-c``) or file path.
 
     Plain ``medmnist-c`` is the MedMNIST-C set of ``dataset`` when it is a MedMNIST dataset,
     else of the MedMNIST dataset that ``modality`` stands for (see
@@ -326,8 +357,8 @@ def get_suite(name: str | Path, dataset: str | None = None, modality: str | None
     if text.endswith((".toml", ".yaml", ".yml")):
         return load_suite_file(text)
     base, _, suffix = text.partition("/")
-    if base == "medmnist-c":
-        return _medmnist_c_suite(suffix or _medmnist_c_dataset(dataset, modality))
+    if base in MEDMNIST_C_VARIANTS:
+        return _medmnist_c_suite(suffix or _medmnist_c_dataset(dataset, modality), base)
     if suffix:
         raise KeyError(f"suite {base!r} takes no dataset; known suites: {', '.join(list_suites())}")
     if base == "imagenet-c":

@@ -137,7 +137,7 @@ def _suite_corruptions(suite: str, dataset: str) -> tuple[str, ...] | None:
     except Exception:  # a broken optional import must not stop a report: fall back, noted
         return None
     try:
-        s = get_suite(suite, dataset if suite == "medmnist-c" else None)
+        s = get_suite(suite, dataset)
     except (KeyError, ValueError, OSError):
         return None
     return tuple(s.benchmark_corruptions)
