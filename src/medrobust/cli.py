@@ -324,11 +324,15 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DemoSettings, run_demo
+    from .reporting.uncertainty import BootstrapSettings
 
     settings = DemoSettings.quick() if args.quick else DemoSettings()
     out = args.out or ("runs/demo-quick" if args.quick else "runs/demo")
+    bootstrap = BootstrapSettings(n_resamples=args.bootstrap, seed=args.bootstrap_seed,
+                                  min_degradation_images=args.min_degradation_images)
     run_demo(out, data_root=args.data_root, extra_models=args.model or (), settings=settings,
-             device=args.device, seed=args.seed, progress=not args.quiet, weights=_weights(args))
+             device=args.device, seed=args.seed, progress=not args.quiet, weights=_weights(args),
+             bootstrap=bootstrap)
     return 0
 
 
@@ -356,12 +360,25 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .reporting import write_report
+    from .reporting.uncertainty import BootstrapSettings
 
+    settings = BootstrapSettings(n_resamples=args.bootstrap, seed=args.bootstrap_seed,
+                                 min_degradation_images=args.min_degradation_images)
+    error_type = {"plain": "error", "balanced": "balanced_error"}.get(args.error, args.error)
     paths = write_report(args.run_dir, out_dir=args.out, baseline=args.baseline,
-                         error_type=args.error_type)
+                         error_type=error_type, bootstrap=settings)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
+
+
+def _add_bootstrap_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="B",
+                   help="bootstrap resamples of the test images for 95%% intervals (0: off)")
+    p.add_argument("--bootstrap-seed", type=int, default=0)
+    p.add_argument("--min-degradation-images", type=float, default=5.0, metavar="K",
+                   help="leave a corruption out of the relative mCE when the baseline degrades "
+                        "by fewer than K test images' worth (default 5)")
 
 
 Subparsers = Any  # argparse's _SubParsersAction (private)
@@ -454,7 +471,11 @@ def _add_report(sub: Subparsers) -> None:
     p.add_argument("run_dir")
     p.add_argument("--out", help="output folder (default RUN/report)")
     p.add_argument("--baseline", default="clip-vit-b16", help="model whose errors are 100")
-    p.add_argument("--error-type", choices=("error", "balanced_error"), default="error")
+    p.add_argument("--error", "--error-type", dest="error", default="plain",
+                   choices=("plain", "balanced", "error", "balanced_error"),
+                   help="error of CE/mCE: plain (1 - accuracy, default) or balanced (1 - balanced "
+                        "accuracy, as MedMNIST-C reports it)")
+    _add_bootstrap_options(p)
     p.set_defaults(func=cmd_report)
 
 
@@ -544,6 +565,7 @@ def _add_demo(sub: Subparsers) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
+    _add_bootstrap_options(p)
     p.set_defaults(func=cmd_demo)
 
 

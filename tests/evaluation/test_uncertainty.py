@@ -35,10 +35,10 @@ def _probs_with_accuracy(rng: np.random.Generator, y: np.ndarray, k: int, acc: f
 def test_resamples_are_stratified_seeded_and_start_with_the_original() -> None:
     y = np.array([0] * 30 + [1] * 7 + [2] * 13)
     res = stratified_resamples(y, 200, seed=3)
-    assert res.counts.shape == (201, 50)
-    assert np.all(res.counts[0] == 1)
+    assert res.counts.shape == (50, 201)
+    assert np.all(res.counts[:, 0] == 1)
     for k, n_k in ((0, 30), (1, 7), (2, 13)):
-        assert np.all(res.counts[1:, y == k].sum(axis=1) == n_k)
+        assert np.all(res.counts[y == k, 1:].sum(axis=0) == n_k)
     assert np.array_equal(res.counts, stratified_resamples(y, 200, seed=3).counts)
     assert not np.array_equal(res.counts, stratified_resamples(y, 200, seed=4).counts)
 
@@ -64,7 +64,7 @@ def test_auc_of_a_resample_equals_the_auc_of_the_materialised_resample() -> None
     res = stratified_resamples(y, 5, seed=2)
     rep = cell_replicates(res, [probs])[0]
     for b in range(1, 6):
-        idx = np.repeat(np.arange(120), res.counts[b].astype(int))
+        idx = np.repeat(np.arange(120), res.counts[:, b].astype(int))
         assert rep.auc[b] == pytest.approx(metrics.roc_auc(probs[idx], y[idx]))
         assert rep.error[b] == pytest.approx(1 - metrics.accuracy(probs[idx], y[idx]))
         assert rep.balanced_error[b] == pytest.approx(

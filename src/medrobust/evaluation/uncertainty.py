@@ -33,6 +33,8 @@ __all__ = [
     "cell_replicates",
     "dataset_seed",
     "estimate",
+    "estimates",
+    "original_only",
     "robustness_replicates",
     "stratified_resamples",
 ]
@@ -44,10 +46,11 @@ LEVEL = 0.95
 
 @dataclass(frozen=True)
 class Resamples:
-    """Stratified bootstrap resamples of one test set: ``counts[b, i]`` = copies of image i.
+    """Stratified bootstrap resamples of one test set: ``counts[i, b]`` = copies of image i.
 
-    ``counts`` has ``B + 1`` rows; row 0 is all ones (the original test set), so every
-    replicate computed from it carries its point estimate first.
+    ``counts`` has ``B + 1`` columns; column 0 is all ones (the original test set), so every
+    replicate computed from it carries its point estimate first. Images are rows, so the
+    per-image sums of a sorted AUC pass run over contiguous memory.
     """
 
     counts: np.ndarray
@@ -56,11 +59,11 @@ class Resamples:
 
     @property
     def n_resamples(self) -> int:
-        return self.counts.shape[0] - 1
+        return self.counts.shape[1] - 1
 
     @property
     def n_images(self) -> int:
-        return self.counts.shape[1]
+        return self.counts.shape[0]
 
 
 def dataset_seed(seed: int, dataset: str) -> int:
@@ -87,8 +90,16 @@ def stratified_resamples(labels: np.ndarray, n_resamples: int, seed: int) -> Res
         members = np.flatnonzero(y == k)
         draws = members[rng.integers(0, members.size, size=(b, members.size))]
         flat += np.bincount((rows + draws).ravel(), minlength=b * n)
-    counts = np.vstack([np.ones((1, n)), flat.reshape(b, n)]).astype(np.float32)
+    counts = np.empty((n, b + 1), dtype=np.float32)
+    counts[:, 0] = 1.0
+    counts[:, 1:] = flat.reshape(b, n).T
     return Resamples(counts=counts, labels=y, seed=int(seed))
+
+
+def original_only(labels: np.ndarray, seed: int = 0) -> Resamples:
+    """No resampling: only the original test set (point estimates, no intervals)."""
+    y = np.asarray(labels).reshape(-1).astype(np.int64)
+    return Resamples(counts=np.ones((y.size, 1), dtype=np.float32), labels=y, seed=int(seed))
 
 
 @dataclass(frozen=True)
@@ -112,7 +123,9 @@ class Estimate:
         return not (self.ci95[0] <= reference <= self.ci95[1])
 
     def to_json(self) -> dict[str, Any]:
-        return {"value": self.value, "ci95": None if self.ci95 is None else list(self.ci95)}
+        """``{"value", "ci95"}``; an unbounded interval end (an undefined resample) is null."""
+        ci = None if self.ci95 is None else [v if math.isfinite(v) else None for v in self.ci95]
+        return {"value": self.value, "ci95": ci}
 
 
 def estimate(replicates: np.ndarray | None, level: float = LEVEL) -> Estimate:
@@ -139,6 +152,17 @@ def estimate(replicates: np.ndarray | None, level: float = LEVEL) -> Estimate:
     return Estimate(float(r[0]), (float(lo), float(hi)))
 
 
+def estimates(replicates: np.ndarray, level: float = LEVEL) -> list[Estimate]:
+    """:func:`estimate` of each row of a (M, B + 1) array, with one quantile call."""
+    r = np.asarray(replicates, dtype=np.float64)
+    if r.ndim != 2 or r.shape[1] < 2 or not np.isfinite(r[:, 1:]).all():
+        return [estimate(row, level) for row in r]
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(r[:, 1:], [alpha, 1.0 - alpha], axis=1, method="linear")
+    return [Estimate(float(v), (float(a), float(b))) if math.isfinite(v) else Estimate(None, None)
+            for v, a, b in zip(r[:, 0], lo, hi, strict=True)]
+
+
 # ----------------------------------------------------------------------------- cells
 
 
@@ -155,17 +179,29 @@ class CellReplicates:
 
 
 def _weighted_auc(counts: np.ndarray, scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
-    """Mann-Whitney AUC (ties one half) of every resample, from per-image counts."""
-    order = np.argsort(scores, kind="mergesort")
-    s = scores[order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    w = counts[:, order]
-    pos = positive[order]
-    w_pos = np.add.reduceat(np.where(pos, w, 0.0), starts, axis=1)
-    w_neg = np.add.reduceat(np.where(pos, 0.0, w), starts, axis=1)
-    below = np.cumsum(w_neg, axis=1) - w_neg
-    wins = (w_pos * (below + 0.5 * w_neg)).sum(axis=1, dtype=np.float64)
-    return wins / (w_pos.sum(axis=1, dtype=np.float64) * w_neg.sum(axis=1, dtype=np.float64))
+    """Mann-Whitney AUC (ties one half) of every resample, from per-image counts (N, R).
+
+    The negatives, sorted by score, are summed cumulatively once; each positive then reads how
+    many resampled negatives lie below its score (searchsorted), so the work is two gathers
+    and one cumulative sum of the count matrix. Counts and their sums are integers below
+    2**24, exact in float32; the final sums are accumulated in float64.
+    """
+    neg = np.flatnonzero(~positive)
+    order = neg[np.argsort(scores[neg], kind="mergesort")]
+    sorted_neg = scores[order]
+    cum = np.zeros((order.size + 1, counts.shape[1]), dtype=np.float32)
+    np.cumsum(counts[order], axis=0, out=cum[1:])
+    pos = np.flatnonzero(positive)
+    lo = np.searchsorted(sorted_neg, scores[pos], side="left")
+    hi = np.searchsorted(sorted_neg, scores[pos], side="right")
+    below = cum[lo]
+    tied = np.flatnonzero(hi != lo)
+    if tied.size:
+        below[tied] += 0.5 * (cum[hi[tied]] - below[tied])
+    w_pos = counts[pos]
+    below *= w_pos
+    wins = below.sum(axis=0, dtype=np.float64)
+    return wins / (w_pos.sum(axis=0, dtype=np.float64) * cum[-1].astype(np.float64))
 
 
 def _auc_replicates(res: Resamples, probs: np.ndarray) -> np.ndarray | None:
@@ -194,11 +230,11 @@ def cell_replicates(res: Resamples, probs: Sequence[np.ndarray], *, auc: bool = 
     per_image = np.stack([np.full(y.size, 1.0 / y.size),
                           1.0 / (support[inverse] * support.size)], axis=1)
     weights = (correct[:, :, None] * per_image[:, None, :]).reshape(y.size, -1)
-    acc = (res.counts.astype(np.float64) @ weights).reshape(res.counts.shape[0], len(probs), 2)
+    acc = (weights.T @ res.counts.astype(np.float64)).reshape(len(probs), 2, -1)
     out = []
     for j, p in enumerate(probs):
         area = _auc_replicates(res, np.asarray(p, dtype=np.float64)) if auc else None
-        out.append(CellReplicates(error=1.0 - acc[:, j, 0], balanced_error=1.0 - acc[:, j, 1],
+        out.append(CellReplicates(error=1.0 - acc[j, 0], balanced_error=1.0 - acc[j, 1],
                                   auc=area))
     return out
 

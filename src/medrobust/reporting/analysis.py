@@ -15,6 +15,7 @@ from typing import Any
 from ..evaluation.metrics import UndefinedMetricWarning
 from ..evaluation.robustness import (
     CLEAN,
+    MIN_DENOMINATOR,
     ErrorGrid,
     IncompleteGridWarning,
     RobustnessSummary,
@@ -110,8 +111,8 @@ def _quiet(fn: Any, *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
 
 
-def _summarise(results: RunResults, model: str, bench: Benchmark, baseline: str | None
-               ) -> DatasetSummary:
+def _summarise(results: RunResults, model: str, bench: Benchmark, baseline: str | None,
+               min_degradation_images: float) -> DatasetSummary:
     clean = results.cell(model, bench, CLEAN, 0)
     missing = {c: why for c in bench.corruptions
                if (why := missing_reason(results, model, bench, c)) is not None}
@@ -149,17 +150,24 @@ def _summarise(results: RunResults, model: str, bench: Benchmark, baseline: str 
     ce = dict(_quiet(mean_corruption_error, mine, theirs, every, **kwargs).per_corruption)
     rel = None
     if mine.clean is not None and theirs.clean is not None:
+        base_clean = results.cell(baseline, bench, CLEAN, 0)
+        floor = min_degradation_images / base_clean.n if base_clean and base_clean.n else 0.0
         rel = _quiet(relative_mean_corruption_error, mine, theirs, list(bench.corruptions),
-                     **kwargs)
+                     min_denominator=max(MIN_DENOMINATOR, floor), **kwargs)
     return DatasetSummary(**base, clean_ratio=ratio, clean_ratio_reason=ratio_why, mce=mce,
                           rel_mce=rel, ce=ce)
 
 
-def analyse(results: RunResults, baseline: str | None = "clip-vit-b16") -> Analysis:
-    """Summaries of every model on every benchmark; ratios only if the baseline is in the run."""
+def analyse(results: RunResults, baseline: str | None = "clip-vit-b16", *,
+            min_degradation_images: float = 5.0) -> Analysis:
+    """Summaries of every model on every benchmark; ratios only if the baseline is in the run.
+
+    A corruption whose baseline degradation (mean over severities minus clean error) is below
+    ``min_degradation_images`` images' worth of the test set is left out of the relative mCE.
+    """
     resolved = _resolve_baseline(results, baseline)
     per = {
-        (m, b.label): _summarise(results, m, b, resolved)
+        (m, b.label): _summarise(results, m, b, resolved, min_degradation_images)
         for m in results.models for b in results.benchmarks
     }
     return Analysis(results, resolved, baseline, per)

@@ -37,6 +37,14 @@ from .tables import (
     build_tables,
     corruption_matrix,
 )
+from .uncertainty import (
+    BootstrapSettings,
+    Uncertainty,
+    bootstrap_results,
+    headline_table,
+    published_table,
+    summary_json,
+)
 
 __all__ = ["write_report"]
 
@@ -397,6 +405,33 @@ def _html(c: _Content) -> str:
     return "\n".join(parts) + "\n"
 
 
+def model_caveats(results: RunResults, info: RunInfo) -> dict[str, list[str]]:
+    """What a reader must know about each model's numbers, from what the run recorded: the
+    model's notes (e.g. medrobust-mini saw these classes; an adapter's base and data)."""
+    out: dict[str, list[str]] = {}
+    for m in results.models:
+        notes = [n.split(": ", 1)[1] for n in model_notes([m], info)]
+        out[m] = [n for n in notes if n]
+    return out
+
+
+def _retitled(table: Table) -> Table:
+    """The point-estimate headline, kept below as the detailed table (ECE, AUC, coverage)."""
+    return Table("detail", "Point estimates with calibration and coverage", table.description,
+                 table.columns, table.rows, table.formats, table.notes)
+
+
+def _uncertainty_notes(unc: Uncertainty) -> list[str]:
+    notes = [f"Intervals: bootstrap {unc.settings.n_resamples} resamples, seed "
+             f"{unc.settings.seed}, computed in {unc.seconds:.1f} s." if unc.settings.n_resamples
+             else "Intervals: off (--bootstrap 0)."]
+    notes.append(f"Relative mCE leaves out a corruption whose baseline degradation is below "
+                 f"{unc.settings.min_degradation_images:g} test images' worth (that many / the "
+                 "number of test images), counted in its coverage with the reason.")
+    notes += [f"Images of {d}: {src}." for d, src in unc.image_sources.items()]
+    return notes + unc.notes
+
+
 def write_report(
     run_dir: str | Path,
     out_dir: str | Path | None = None,
@@ -407,6 +442,7 @@ def write_report(
     split: str | None = None,
     modalities: Mapping[str, str] | None = None,
     expected_corruptions: Mapping[str, Sequence[str]] | None = None,
+    bootstrap: BootstrapSettings | None = None,
 ) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and the figures of a run; return their paths.
 
@@ -416,8 +452,11 @@ def write_report(
     :func:`~medrobust.reporting.montage.corruption_montage`). ``split`` picks one split (default:
     the only one, else 'test'); ``modalities`` names datasets' modalities the package does not
     know; ``expected_corruptions`` overrides a dataset's expected corruption list.
+    ``bootstrap`` sets the confidence intervals (default: 1000 stratified resamples, seed 0)
+    and the relative-mCE guard; ``summary.json`` beside the report holds every number.
 
-    Returns ``{'markdown': ..., 'html': ...}`` plus ``'accuracy_vs_severity'`` and
+    Returns ``{'summary', 'headline', 'markdown', 'html'}`` (summary.json, the headline
+    table alone as Markdown, the report) plus ``'accuracy_vs_severity'`` and
     ``'corruption_heatmap'`` (PNG) when the run has corrupted results to plot. Raises
     FileNotFoundError if the run folder or its database is missing, ValueError if the database
     holds no finished cells or an argument is invalid.
@@ -431,7 +470,8 @@ def write_report(
         modalities={**info.modalities(), **(modalities or {})},
         expected_corruptions={**info.expected_corruptions(rows), **(expected_corruptions or {})},
     )  # fmt: skip
-    analysis = analyse(results, baseline)
+    settings = bootstrap or BootstrapSettings()
+    analysis = analyse(results, baseline, min_degradation_images=settings.min_degradation_images)
     out = Path(out_dir) if out_dir is not None else run_dir / "report"
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -444,8 +484,14 @@ def write_report(
             "folder with --out DIR (out_dir=...); the run itself is only read"
         ) from exc
 
+    unc = bootstrap_results(results, run_dir, analysis.baseline, settings)
+    caveats = model_caveats(results, info)
     tables = build_tables(analysis)
-    headline = tables.pop("headline")
+    tables["headline"] = _retitled(tables["headline"])
+    published = published_table(unc)
+    if published is not None:
+        tables = {"published": published, **tables}
+    headline = headline_table(unc, {m: "; ".join(c) or None for m, c in caveats.items()})
     content = _Content(
         title=f"medrobust robustness report: {run_dir.resolve().name}",
         warnings=_warnings(results, analysis, info),
@@ -456,9 +502,12 @@ def write_report(
         results=list(tables.values()),
         figures=_figures(analysis, out),
         montages=montages,
-        notes=_notes(results, analysis, info),
+        notes=_notes(results, analysis, info) + _uncertainty_notes(unc),
     )
-    paths = {"markdown": write_text_atomic(_markdown(content, out), out / "report.md"),
+    document = json.dumps(summary_json(unc, caveats), indent=1, allow_nan=False)
+    paths = {"summary": write_text_atomic(document + "\n", out / "summary.json"),
+             "headline": write_text_atomic(headline.to_markdown(), out / "headline.md"),
+             "markdown": write_text_atomic(_markdown(content, out), out / "report.md"),
              "html": write_text_atomic(_html(content), out / "report.html")}
     paths.update({path.stem: path for _, path, _ in content.figures})
     return paths

@@ -64,6 +64,8 @@ class CellResult:
     ece: float | None
     n: int
     repeats: int
+    predictions: tuple[str, ...] = ()
+    """The stored predictions of the cell's repeats (paths relative to the run folder)."""
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,7 @@ def _cell_result(members: list[Row], error_type: str) -> CellResult:
         ece=mean_defined(m.get("ece") for m in members),
         n=max(int(m["n"]) for m in members),
         repeats=len(members),
+        predictions=tuple(str(m["predictions"]) for m in members if m.get("predictions")),
     )
 
 

@@ -128,12 +128,14 @@ def _ratio_cell(analysis: Analysis, model: str, benches: Sequence[Benchmark], na
 
 
 def _coverage(analysis: Analysis, model: str, benches: Sequence[Benchmark], *,
-              ratios: bool = True) -> Cell:
+              ratios: bool = True, summary: str = "mce") -> Cell:
     """Covered / expected (dataset, corruption) pairs, flagged when incomplete, gaps in a note.
 
-    With ``ratios`` (and a baseline) a pair counts only when its CE is defined, as in the mCE;
-    otherwise when the model has every severity of it.
+    With ``ratios`` (and a baseline) a pair counts only when its ratio in ``summary`` ('mce' or
+    'rel_mce') is defined, as in that mean; otherwise when the model has every severity of it.
     """
+    undefined_why = ("relative CE undefined: the baseline degrades by less than the minimum"
+                     if summary == "rel_mce" else "CE undefined")
     against = analysis.baseline if ratios else None
     covered = expected = 0
     gaps: dict[tuple[str, str], list[str]] = defaultdict(list)  # (dataset, why) -> corruptions
@@ -143,9 +145,9 @@ def _coverage(analysis: Analysis, model: str, benches: Sequence[Benchmark], *,
         expected += len(b.corruptions)
         if against is None:
             covered += len(b.corruptions) - len(s.missing)
-        elif s.mce is not None:
-            covered += s.mce.n_corruptions_covered
-            gaps[(b.label, "CE undefined")] += s.mce.undefined
+        elif (ratio := getattr(s, summary)) is not None:
+            covered += ratio.n_corruptions_covered
+            gaps[(b.label, undefined_why)] += ratio.undefined
         for c in b.corruptions:
             if c in s.missing:
                 gaps[(b.label, s.missing[c])].append(c)
@@ -185,11 +187,12 @@ def _headline(analysis: Analysis) -> Table:
             *(_mean_field(analysis, m, benches, f) for f in
               ("clean_auc", "corrupted_auc", "clean_ece", "corrupted_ece")),
             _coverage(analysis, m, benches),
+            *([_coverage(analysis, m, benches, summary="rel_mce")] if base else []),
         ))
     short = "bal. acc." if r.error_type == "balanced_error" else "acc."
     tail = (f"Clean {short}", f"Corrupted {short}", "Clean AUC", "Corrupted AUC", "Clean ECE",
-            "Corrupted ECE", "Coverage")
-    tail_formats = (".1%", ".1%", ".3f", ".3f", ".3f", ".3f", "")
+            "Corrupted ECE", "Coverage") + (("Rel. mCE coverage",) if base else ())
+    tail_formats = (".1%", ".1%", ".3f", ".3f", ".3f", ".3f", "") + (("",) if base else ())
     if base:
         head = ("Model", "Clean Error", "mCE", "Relative mCE")
         formats = ("", ".1f", ".1f", ".1f")
