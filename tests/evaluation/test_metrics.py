@@ -81,19 +81,22 @@ def test_roc_auc_with_ties_matches_sklearn(k: int) -> None:
     assert roc_auc(probs, labels) == pytest.approx(expected, abs=1e-12)
 
 
-def test_binary_balanced_error_uses_medmnist_c_threshold_rule() -> None:
+def test_binary_scoring_is_the_argmax_and_a_threshold_only_on_request() -> None:
     probs, labels = random_cell(300, 2, seed=5)
+    cell = cell_metrics(probs, labels, "binary-class")
+    pred = probs.argmax(axis=1)
+    assert cell["error"] == pytest.approx(np.mean(pred != labels), abs=1e-12)
+    assert cell["balanced_error"] == pytest.approx(
+        1.0 - balanced_accuracy_score(labels, pred), abs=1e-12)
+    # sigmoid scores (SigLIP) need not sum to 1: both below 0.5 -> argmax, not "p1 > 0.5"
+    sigmoid = np.array([[0.10, 0.30], [0.45, 0.20], [0.70, 0.90]])
+    assert cell_metrics(sigmoid, np.array([1, 0, 1]), "binary")["error"] == 0.0
+    np.testing.assert_array_equal(predict(sigmoid, "binary"), [1, 0, 1])
     for threshold in (0.3, 0.5, 0.7):
-        pred = (probs[:, -1] > threshold).astype(int)
-        np.testing.assert_array_equal(predict(probs, "binary", threshold), pred)
-        cell = cell_metrics(probs, labels, "binary-class", threshold=threshold)
-        assert cell["balanced_error"] == pytest.approx(
-            1.0 - balanced_accuracy_score(labels, pred), abs=1e-12
-        )
-        assert cell["accuracy"] == pytest.approx(accuracy_score(labels, pred), abs=1e-12)
-    # a positive-class probability of exactly 0.5 is negative under "> thr"
-    tie = np.array([[0.5, 0.5], [0.4, 0.6]])
-    np.testing.assert_array_equal(predict(tie, "binary"), [0, 1])
+        explicit = (probs[:, -1] > threshold).astype(int)
+        np.testing.assert_array_equal(predict(probs, "binary", threshold), explicit)
+        assert accuracy(probs, labels, "binary", threshold) == pytest.approx(
+            accuracy_score(labels, explicit), abs=1e-12)
 
 
 def test_ordinal_and_multiclass_use_argmax() -> None:
@@ -207,6 +210,6 @@ def test_bad_task_threshold_and_bins_raise() -> None:
     with pytest.raises(ValueError, match="binary task needs probs with 2 columns"):
         cell_metrics(probs, labels, "binary")
     with pytest.raises(ValueError, match="threshold"):
-        cell_metrics(probs, labels, "multi-class", threshold=1.5)
+        predict(probs, "multi-class", threshold=1.5)
     with pytest.raises(ValueError, match="n_bins"):
         expected_calibration_error(probs, labels, n_bins=0)

@@ -231,3 +231,17 @@ def test_a_live_owners_cell_is_reported_or_waited_for_and_a_dead_ones_taken_over
     finally:
         other.kill()
         other.wait()
+
+
+@pytest.mark.parametrize("name", ["clip-vit-b16", "biomedclip", "plip", "medsiglip-448",
+                                  "medclip-resnet50"])
+def test_stored_error_is_the_argmax_error_for_every_model_family(name, breast, tmp_path):
+    """One scoring rule: softmax (CLIP, BiomedCLIP, PLIP, MedCLIP) and sigmoid (SigLIP) alike."""
+    model = create_model(name, pretrained=False, tiny=True)
+    run_grid(_spec(model, breast.subset(range(12)), corruptions=[]), tmp_path, progress=False)
+    with ResultsStore(tmp_path) as store:
+        (row,) = store.rows()
+        probs, labels = store.predictions(row)
+    wrong = probs.argmax(axis=1) != labels
+    assert row["error"] == pytest.approx(float(np.mean(wrong)), abs=1e-12)
+    assert row["accuracy"] == pytest.approx(1.0 - float(np.mean(wrong)), abs=1e-12)

@@ -118,7 +118,9 @@ def _task(task: str, n_classes: int) -> str:
     return canonical
 
 
-def _check_threshold(threshold: float) -> float:
+def _check_threshold(threshold: float | None) -> float | None:
+    if threshold is None:
+        return None
     if isinstance(threshold, bool) or not (
         isinstance(threshold, int | float | np.floating) and 0.0 <= threshold <= 1.0
     ):
@@ -126,9 +128,11 @@ def _check_threshold(threshold: float) -> float:
     return float(threshold)
 
 
-def _predict(p: np.ndarray, task: str, threshold: float) -> np.ndarray:
-    """MedMNIST-C's decision rule: binary thresholds the last column, otherwise argmax."""
-    if task == "binary":
+def _predict(p: np.ndarray, task: str, threshold: float | None) -> np.ndarray:
+    """The argmax of the class scores, for every model and task (one rule: a sigmoid model's
+    two scores need not sum to 1, so ``p1 > 0.5`` and the argmax can disagree). A binary task
+    thresholds the positive column only when a threshold is asked for explicitly."""
+    if task == "binary" and threshold is not None:
         return (p[:, -1] > threshold).astype(np.int64)
     return p.argmax(axis=1)
 
@@ -199,13 +203,15 @@ def _ece(p: np.ndarray, y: np.ndarray, n_bins: int) -> float:
     return float(np.abs(acc_sum - conf_sum).sum() / y.size)
 
 
-def predict(probs: Any, task: str = "multi-class", threshold: float = 0.5) -> np.ndarray:
-    """Predicted classes (N,): ``probs[:, -1] > threshold`` for binary tasks, else argmax."""
+def predict(probs: Any, task: str = "multi-class", threshold: float | None = None) -> np.ndarray:
+    """Predicted classes (N,): the argmax; ``probs[:, -1] > threshold`` if a binary task
+    gives a threshold."""
     p = _validate_probs(probs)
     return _predict(p, _task(task, p.shape[1]), _check_threshold(threshold))
 
 
-def accuracy(probs: Any, labels: Any, task: str = "multi-class", threshold: float = 0.5) -> float:
+def accuracy(probs: Any, labels: Any, task: str = "multi-class",
+             threshold: float | None = None) -> float:
     """Fraction of samples whose predicted class (see :func:`predict`) equals the label."""
     p, y = _validate(probs, labels)
     pred = _predict(p, _task(task, p.shape[1]), _check_threshold(threshold))
@@ -213,11 +219,11 @@ def accuracy(probs: Any, labels: Any, task: str = "multi-class", threshold: floa
 
 
 def balanced_accuracy(
-    probs: Any, labels: Any, task: str = "multi-class", threshold: float = 0.5
+    probs: Any, labels: Any, task: str = "multi-class", threshold: float | None = None
 ) -> float:
     """Mean per-class recall over the classes present in labels (as sklearn's).
 
-    With ``task='binary'`` the prediction is MedMNIST-C's ``probs[:, -1] > threshold``.
+    Predictions as :func:`predict` (the argmax unless a binary threshold is given).
     """
     p, y = _validate(probs, labels)
     pred = _predict(p, _task(task, p.shape[1]), _check_threshold(threshold))
@@ -241,16 +247,18 @@ def expected_calibration_error(probs: Any, labels: Any, n_bins: int = 15) -> flo
 
 
 def cell_metrics(
-    probs: Any, labels: Any, task: str, *, threshold: float = 0.5, n_bins: int = 15
+    probs: Any, labels: Any, task: str, *, n_bins: int = 15
 ) -> dict[str, float | int]:
     """All metrics of one (model, dataset, corruption, severity) cell.
 
     Returns accuracy, balanced_accuracy, auc, ece, error (1 - accuracy), balanced_error
-    (1 - balanced accuracy) and n. Predictions follow MedMNIST-C: binary tasks threshold the
-    positive-class probability, multi-class and ordinal tasks take the argmax.
+    (1 - balanced accuracy) and n. The predicted class is the argmax of the class scores for
+    every model and task, so ``error == mean(argmax(probs) != labels)`` in every cell (for
+    softmax scores this is MedMNIST-C's binary ``p1 > 0.5`` rule, ties aside).
     """
     p, y = _validate(probs, labels)
-    pred = _predict(p, _task(task, p.shape[1]), _check_threshold(threshold))
+    _task(task, p.shape[1])
+    pred = p.argmax(axis=1)
     acc = float(np.mean(pred == y))
     bal = _balanced_accuracy(pred, y, p.shape[1])
     return {
