@@ -5,12 +5,12 @@ from __future__ import annotations
 import inspect
 
 import medrobust.evaluation as evaluation
-from medrobust.evaluation import metrics, robustness
+from medrobust.evaluation import metrics, robustness, uncertainty
 
 
 def test_every_public_metric_and_summary_is_exported() -> None:
     assert len(evaluation.__all__) == len(set(evaluation.__all__))
-    for module in (metrics, robustness):
+    for module in (metrics, robustness, uncertainty):
         public = {name for name, obj in vars(module).items()
                   if (inspect.isfunction(obj) or inspect.isclass(obj))
                   and obj.__module__ == module.__name__ and not name.startswith("_")}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from medrobust.evaluation import metrics
+from medrobust.evaluation import metrics, robustness
 from medrobust.evaluation.uncertainty import (
     cell_replicates,
     estimate,
@@ -145,13 +145,13 @@ def test_robustness_point_estimates_equal_the_metrics_and_the_guard_leaves_cells
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ref = metrics.mean_corruption_error(
-            metrics.ErrorGrid(first(grid_m), clean=float(clean_m[0])),
-            metrics.ErrorGrid(first(grid_b), clean=float(clean_b[0])), list("abc"),
+        ref = robustness.mean_corruption_error(
+            robustness.ErrorGrid(first(grid_m), clean=float(clean_m[0])),
+            robustness.ErrorGrid(first(grid_b), clean=float(clean_b[0])), list("abc"),
             severities=(1, 2, 3))
-        ref_rel = metrics.relative_mean_corruption_error(
-            metrics.ErrorGrid(first(grid_m), clean=float(clean_m[0])),
-            metrics.ErrorGrid(first(grid_b), clean=float(clean_b[0])), list("abc"),
+        ref_rel = robustness.relative_mean_corruption_error(
+            robustness.ErrorGrid(first(grid_m), clean=float(clean_m[0])),
+            robustness.ErrorGrid(first(grid_b), clean=float(clean_b[0])), list("abc"),
             severities=(1, 2, 3), min_denominator=0.01)
     assert mce.value[0] == pytest.approx(ref.value)
     assert rel.value[0] == pytest.approx(ref_rel.value)

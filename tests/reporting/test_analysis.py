@@ -24,10 +24,10 @@ def test_headline_baseline_is_100_and_mce_matches_hand_computation(grid, run: Pa
     assert headline.value("medclip-resnet50", "Coverage") == "4/4"
 
     page = report["html"].read_text()
-    section = page[page.index('id="table-headline"'):]
+    section = page[page.index('id="table-detail"'):]
     section = section[:section.index("</section>")]
     assert ">100.0<" in section and f">{expected:.1f}<" in section
-    assert "clip-vit-b16 = 100" in section
+    assert "clip-vit-b16 (= 100)" in section
     assert f"| {expected:.1f} |" in report["markdown"].read_text()
 
 

@@ -75,7 +75,7 @@ def test_clean_only_run_has_tables_but_no_figures(grid, tmp_path: Path):
             key = CellKey(model, "w", "breastmnist", "test", "clean", 0, 0, grid.SUITE, {})
             store.add(key, cell_metrics(probs, labels, "binary"), probs, labels)
     paths = write_report(tmp_path)
-    assert set(paths) == {"markdown", "html"}
+    assert set(paths) == {"markdown", "html", "summary", "headline"}
     page = paths["html"].read_text()
     assert "data:image/png" not in page and "0/0" in page
 
