@@ -189,12 +189,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         create_model(m, device=device, weights=weights[m]) if m in weights else m
         for m in args.model or []
     ]
+    seen: dict[str, frozenset[str]] = {}
     if args.adapter:
         from .adaptation import load_adapted_model
+        from .adaptation.checkpoint import seen_image_hashes
 
-        models += [load_adapted_model(d, device, merge=args.merge) for d in args.adapter]
+        for folder in args.adapter:
+            model = load_adapted_model(folder, device, merge=args.merge)
+            seen[model.name] = seen_image_hashes(folder)
+            models.append(model)
     spec = _config(
-        GridSpec, args, models=models, datasets=args.dataset, device=device,
+        GridSpec, args, models=models, datasets=args.dataset, device=device, seen_images=seen,
         benchmark_dir=Path(args.benchmark_dir) if args.benchmark_dir else None,
         data_root=Path(args.data_root) if args.data_root else None,
         resize=not args.native_size, pretrained=not args.random_weights,
@@ -421,6 +426,9 @@ def _add_eval(sub: Subparsers) -> None:
                    help="a LoRA adapter folder from `medrobust adapt` (repeatable)")
     p.add_argument("--merge", action="store_true", help="merge adapters into the base weights")
     _add_weights_option(p)
+    p.add_argument("--allow-overlap", action="store_true",
+                   help="evaluate an adapter even on test images it saw in training or "
+                        "validation (refused otherwise; the report flags every such row)")
     p.add_argument("--dataset", action="append", required=True, help="dataset (repeatable)")
     p.add_argument("--split", default="test")
     p.add_argument("--size", type=int, default=28, help="MedMNIST file size to read")

@@ -176,6 +176,13 @@ def test_corruption_augmentation(tmp_path: Path, shared_data, breast_batch) -> N
         c for c in suite.corruptions if c not in ("pixelate", "motion_blur")
     ]
     assert aug["suite"] == "medmnist-c" and aug["excluded"] == ["pixelate", "motion_blur"]
+    # the adapter records the content of every image it saw (eval refuses them as test images)
+    from medrobust.adaptation.checkpoint import seen_image_hashes
+
+    (record,) = _config(out)["data"]["datasets"]
+    assert len(record["train_image_sha256"]) == record["n_train"]
+    assert len(record["val_image_sha256"]) == record["n_val"]
+    assert len(seen_image_hashes(out)) >= record["n_train"]
     assert aug["corruptions"] == sorted(aug["per_dataset"]["breastmnist"])
     # the augmentation really changes what the model is trained on
     from medrobust.models import create_model

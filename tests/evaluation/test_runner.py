@@ -245,3 +245,24 @@ def test_stored_error_is_the_argmax_error_for_every_model_family(name, breast, t
     wrong = probs.argmax(axis=1) != labels
     assert row["error"] == pytest.approx(float(np.mean(wrong)), abs=1e-12)
     assert row["accuracy"] == pytest.approx(1.0 - float(np.mean(wrong)), abs=1e-12)
+
+
+def test_test_images_an_adapter_saw_are_refused_unless_allowed(tiny_clip, breast, tmp_path):
+    from medrobust.data import image_hashes
+    from medrobust.evaluation.runner import ImageOverlapError
+
+    seen = {tiny_clip.name: frozenset(image_hashes(breast.images[[0, 5, 7]]))}
+    spec = _spec(tiny_clip, breast, corruptions=[], seen_images=seen)
+    with pytest.raises(ImageOverlapError, match="saw 3 of the 24 test images of breastmnist"):
+        run_grid(spec, tmp_path / "refused", progress=False)
+    assert not (tmp_path / "refused" / "results.sqlite").exists()
+    run_grid(dataclasses.replace(spec, allow_overlap=True), tmp_path / "ok", progress=False)
+    with ResultsStore(tmp_path / "ok") as store:
+        (row,) = store.rows()
+    assert '"seen_test_images": 3' in row["config"]
+    # images nobody saw: no flag, the same cell as without the check
+    other = {tiny_clip.name: frozenset(image_hashes(breast.images[:0]))}
+    run_grid(_spec(tiny_clip, breast, corruptions=[], seen_images=other), tmp_path / "clean",
+             progress=False)
+    with ResultsStore(tmp_path / "clean") as store:
+        assert "seen_test_images" not in store.rows()[0]["config"]

@@ -62,6 +62,7 @@ __all__ = [
     "prepare_base",
     "read_adapter_config",
     "save_adapter",
+    "seen_image_hashes",
 ]
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -249,6 +250,17 @@ def _adapted_identity(
             "unchanged": unchanged,
         },
     }
+
+
+def seen_image_hashes(adapter_dir: str | Path) -> frozenset[str]:
+    """Content hashes of every training and validation image an adapter saw (all datasets).
+
+    Adapters written before the hashes were recorded give an empty set.
+    """
+    config = read_adapter_config(adapter_dir)
+    return frozenset(h for record in config.get("data", {}).get("datasets", ())
+                     for key in ("train_image_sha256", "val_image_sha256")
+                     for h in record.get(key, ()))
 
 
 def load_adapted_model(

@@ -45,7 +45,7 @@ from medrobust._files import remove_orphans
 from medrobust.corruptions import RandomCorruption, derive_seed, get_suite, prepare_images
 from medrobust.corruptions.families import exclude_families, families_of, known_corruptions
 from medrobust.corruptions.suites import REFERENCE_SIZE
-from medrobust.data import ImageDataset, open_dataset
+from medrobust.data import ImageDataset, image_hashes, open_dataset
 from medrobust.data.fewshot import sample_fewshot, split_fewshot
 from medrobust.evaluation.metrics import cell_metrics
 from medrobust.models import ModelAdapter
@@ -271,6 +271,9 @@ def _prepare_task(item: str | ImageDataset, cfg: AdaptConfig, root: Any) -> _Tas
         "train_indices_sha256": hashlib.sha256(sample.indices.tobytes()).hexdigest(),
         "validation": val_from,
         "n_val": len(val),
+        # content hashes of every image the adapter saw: eval refuses test images among them
+        "train_image_sha256": image_hashes(sample.images),
+        "val_image_sha256": image_hashes(val.images),
         "class_names": list(pool.class_names),
         "modality": pool.modality,
         **({"reading": pool.reading} if pool.reading else {}),  # only when used: old runs resume
@@ -308,7 +311,7 @@ def _augmenters(tasks: Sequence[_Task], cfg: AdaptConfig) -> dict[str, Any] | No
         "suite": cfg.augment_suite,
         "corruptions": sorted({c for names in used.values() for c in names}),
         "excluded": list(excluded),
-        "exclude_requested": list(cfg.exclude_corruptions),
+        "exclude": list(cfg.exclude_corruptions),
         "excluded_families": sorted(families_of(
             c for c in cfg.exclude_corruptions if c in known_corruptions())),
         "p": cfg.augment_p,
@@ -479,8 +482,8 @@ def adapt(
     if len(set(names)) != len(names):
         raise ValueError(f"datasets must be distinct, got {names}")
     augmentation = _augmenters(tasks, cfg)
-    if augmentation is not None and cfg.exclude_corruptions:
-        say(f"augmentation: {cfg.augment_suite} without the families of "
+    if augmentation is not None and cfg.exclude_corruptions and log is not None:
+        log(f"augmentation: {cfg.augment_suite} without the families of "
             f"{', '.join(cfg.exclude_corruptions)}: excluded {', '.join(augmentation['excluded'])}")
     net = prepare_base(model, dev, kwargs)
     base = {

@@ -6,6 +6,7 @@ from .datasets import (
     DatasetInfo,
     ImageDataset,
     check_images,
+    image_hashes,
     images_to_tensor,
     tensor_to_images,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "download_medmnist",
     "find_medmnist_file",
     "get_layout",
+    "image_hashes",
     "images_to_tensor",
     "is_complete",
     "list_medimeta_c",

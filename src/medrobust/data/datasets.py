@@ -8,6 +8,7 @@ corruption seeding uses that index, so a subset corrupts each image exactly as t
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,13 @@ import numpy as np
 import torch
 
 __all__ = [
-    "TASKS", "DatasetInfo", "ImageDataset", "check_images", "images_to_tensor", "tensor_to_images",
+    "TASKS",
+    "DatasetInfo",
+    "ImageDataset",
+    "check_images",
+    "image_hashes",
+    "images_to_tensor",
+    "tensor_to_images",
 ]
 
 TASKS = ("binary", "multi-class", "ordinal", "multi-label")
@@ -51,6 +58,15 @@ def tensor_to_images(images: torch.Tensor) -> np.ndarray:
     if arr.shape[1] == 1:
         return arr[:, 0].numpy()
     return arr.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def image_hashes(images: np.ndarray) -> list[str]:
+    """SHA-256 of each image's content (shape and uint8 pixels, as stored): the identity that
+    tells whether a test image was among an adapter's training or validation images."""
+    arr = np.asarray(images)
+    shape = str(arr.shape[1:]).encode()
+    return [hashlib.sha256(shape + np.ascontiguousarray(img).tobytes()).hexdigest()
+            for img in arr]
 
 
 def check_images(images: Any, *, channels_last: bool = False) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..corruptions import CorruptedDataset, Suite, get_suite
-from ..data import DataOptions, ImageDataset, open_dataset
+from ..data import DataOptions, ImageDataset, image_hashes, open_dataset
 from ..data.layouts import get_layout
 from ..models import ModelAdapter, create_model
 from ..models.zeroshot import ZeroShotClassifier
@@ -34,7 +34,7 @@ from .pipeline import Producer, ResultWriter
 from .sharding import Shard, grid_digest, partition
 from .store import CLAIM_TIMEOUT, CellKey, ResultsStore
 
-__all__ = ["CLEAN", "GridSpec", "RunSummary", "run_grid"]
+__all__ = ["CLEAN", "GridSpec", "ImageOverlapError", "RunSummary", "run_grid"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,10 @@ class GridSpec:
     limit: int | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     data_options: DataOptions = field(default_factory=DataOptions)
+    seen_images: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """Per model name, content hashes of the images it was trained or validated on (adapters)."""
+    allow_overlap: bool = False
+    """Evaluate even when test images are among ``seen_images`` (flagged in every such cell)."""
 
 
 @dataclass
@@ -207,6 +211,8 @@ class _DatasetWork:
     source: _Source
     classifiers: list[ZeroShotClassifier]
     cells: list[Condition]
+    seen_test_images: dict[str, int] = field(default_factory=dict)
+    """Per model name, how many of these test images it saw in training (allow_overlap)."""
 
 
 def _plan(spec: GridSpec, models: Sequence[ModelAdapter], device: torch.device) -> list[_DatasetWork]:
@@ -227,7 +233,8 @@ def _plan(spec: GridSpec, models: Sequence[ModelAdapter], device: torch.device) 
 def _keys(
     spec: GridSpec, models: Sequence[ModelAdapter], work: _DatasetWork, cell: Condition
 ) -> list[CellKey]:
-    return [_cell_key(spec, model, work.dataset, work.suite, cell, classifier, work.source)
+    return [_cell_key(spec, model, work.dataset, work.suite, cell, classifier, work.source,
+                      work.seen_test_images.get(model.name, 0))
             for model, classifier in zip(models, work.classifiers, strict=True)]
 
 
@@ -280,6 +287,9 @@ def run_grid(
     for model in models:
         model.to(device).eval()
     plan = _plan(spec, models, device)
+    seen = _overlaps(spec, models, [work.dataset for work in plan])
+    for work in plan:
+        work.seen_test_images = {m: n for (m, d), n in seen.items() if d == work.dataset.name}
     store_dir = shard.store_dir(run_dir) if shard else Path(run_dir)
     with ResultsStore(store_dir, claim_timeout=claim_timeout) as store, store.heartbeat():
         for work in plan:
@@ -411,6 +421,39 @@ def _score(item: _Item, producer: Producer, writer: ResultWriter, summary: RunSu
     summary.images += len(labels) * len(todo)
 
 
+class ImageOverlapError(ValueError):
+    """Test images are among the images an adapter was trained or validated on."""
+
+
+def _overlaps(spec: GridSpec, models: Sequence[ModelAdapter], datasets: Sequence[ImageDataset]
+              ) -> dict[tuple[str, str], int]:
+    """How many test images of each dataset each model saw in training or validation.
+
+    Raises :class:`ImageOverlapError` when any did, unless ``spec.allow_overlap``.
+    """
+    found: dict[tuple[str, str], int] = {}
+    sizes = {}
+    for dataset in datasets:
+        hashes = None
+        for model in models:
+            seen = spec.seen_images.get(model.name)
+            if not seen:
+                continue
+            hashes = hashes if hashes is not None else image_hashes(dataset.images)
+            n = sum(h in seen for h in hashes)
+            if n:
+                found[(model.name, dataset.name)] = n
+                sizes[dataset.name] = len(hashes)
+    if found and not spec.allow_overlap:
+        what = "; ".join(f"{m} saw {n} of the {sizes[d]} test images of {d}"
+                         for (m, d), n in found.items())
+        raise ImageOverlapError(
+            f"{what} (in its training or validation data): refusing to evaluate an adapter on "
+            "images it has seen; evaluate on other images, or pass --allow-overlap to go on "
+            "(the report then flags every row concerned)")
+    return found
+
+
 def _cell_key(
     spec: GridSpec,
     model: ModelAdapter,
@@ -419,6 +462,7 @@ def _cell_key(
     cell: Condition,
     classifier: ZeroShotClassifier,
     source: _Source,
+    seen_test_images: int = 0,
 ) -> CellKey:
     corruption, severity = cell
     params = None if is_clean(corruption) else suite[corruption].params[severity - 1]
@@ -437,5 +481,7 @@ def _cell_key(
     }
     if dataset.reading:  # only where files were read by choice: old runs keep their cell ids
         config["reading"] = dataset.reading
+    if seen_test_images:  # evaluated with allow_overlap: the report flags the cell
+        config["seen_test_images"] = seen_test_images
     return CellKey(model.name, model.weights_hash, dataset.name, dataset.split, corruption,
                    severity, spec.seed, _suite_name(suite, dataset), config)

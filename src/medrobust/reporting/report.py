@@ -407,11 +407,16 @@ def _html(c: _Content) -> str:
 
 def model_caveats(results: RunResults, info: RunInfo) -> dict[str, list[str]]:
     """What a reader must know about each model's numbers, from what the run recorded: the
-    model's notes (e.g. medrobust-mini saw these classes; an adapter's base and data)."""
-    out: dict[str, list[str]] = {}
-    for m in results.models:
-        notes = [n.split(": ", 1)[1] for n in model_notes([m], info)]
-        out[m] = [n for n in notes if n]
+    model's notes (e.g. medrobust-mini saw these classes; an adapter's base and data) and
+    test images it had seen (evaluated with --allow-overlap)."""
+    out = {m: [n.split(": ", 1)[1] for n in model_notes([m], info)] for m in results.models}
+    for record in results.configs:
+        config, found = record["config"], out[record["model"]]
+        if config.get("seen_test_images"):
+            text = (f"evaluated with --allow-overlap: {config['seen_test_images']} of the "
+                    f"{config.get('n_images', '?')} test images of {record['dataset']} were "
+                    "among its training or validation images")
+            found += [] if text in found else [text]
     return out
 
 
