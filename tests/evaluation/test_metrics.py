@@ -213,3 +213,21 @@ def test_bad_task_threshold_and_bins_raise() -> None:
         predict(probs, "multi-class", threshold=1.5)
     with pytest.raises(ValueError, match="n_bins"):
         expected_calibration_error(probs, labels, n_bins=0)
+
+
+def test_cell_diagnostics_confusion_recall_and_flags() -> None:
+    from medrobust.evaluation.metrics import cell_diagnostics
+
+    probs = np.array([[0.9, 0.1, 0.0], [0.8, 0.2, 0.0], [0.6, 0.4, 0.0], [0.2, 0.8, 0.0]])
+    labels = np.array([0, 1, 1, 1])
+    d = cell_diagnostics(probs, labels)
+    assert d["confusion"] == [[1, 0, 0], [2, 1, 0], [0, 0, 0]]
+    assert d["recall"] == [1.0, pytest.approx(1 / 3), None]
+    assert any(f.startswith("small n: 4 images") for f in d["flags"])
+    assert any(f.startswith("small class") for f in d["flags"])
+    assert not any(f.startswith("degenerate") for f in d["flags"])  # 75 % class 0
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 500)
+    one = np.tile([0.3, 0.7], (500, 1))
+    flags = cell_diagnostics(one, y)["flags"]
+    assert flags == ["degenerate: predicts class 1 for 100% of the images"]

@@ -144,3 +144,30 @@ def test_cli_report_options(run: Path, tmp_path: Path) -> None:
                          timeout=300)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "bootstrap" in bad.stderr
+
+
+def test_cells_carry_diagnostics_and_chance(run: Path, summary: dict) -> None:
+    cell = summary["cells"][0]
+    assert len(cell["confusion"]) == 2 and sum(map(sum, cell["confusion"])) == N
+    assert len(cell["recall"]) == 2 and isinstance(cell["flags"], list)
+    unc = bootstrap_results(collect_results(ResultsStore(run).rows()), run, "base",
+                            BootstrapSettings(n_resamples=0))
+    counts = unc.class_counts["breastmnist"]
+    assert sum(counts) == N and unc.chance("breastmnist") == max(counts) / N
+
+
+def test_models_with_different_templates_are_flagged(tmp_path: Path) -> None:
+    from medrobust.reporting.uncertainty import templates_table
+
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 20)
+    probs = _probs(rng, labels, 1.0)
+    with ResultsStore(tmp_path) as store:
+        for model, template in (("a", "a photo of {}."), ("b", "an image of {}.")):
+            config = {"class_names": ["cat", "dog"],
+                      "prompts": [[template.format("cat")], [template.format("dog")]]}
+            key = CellKey(model, "w", "breastmnist", "test", "clean", 0, 0, "s", config)
+            store.add(key, cell_metrics(probs, labels, "binary"), probs, labels)
+    table, warnings = templates_table(collect_results(ResultsStore(tmp_path).rows()))
+    assert table.value("a", "Text") == "a photo of {}."
+    assert len(warnings) == 1 and "different prompt templates" in warnings[0]

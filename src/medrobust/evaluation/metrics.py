@@ -19,6 +19,7 @@ __all__ = [
     "UndefinedMetricWarning",
     "accuracy",
     "balanced_accuracy",
+    "cell_diagnostics",
     "cell_metrics",
     "expected_calibration_error",
     "predict",
@@ -270,3 +271,36 @@ def cell_metrics(
         "balanced_error": 1.0 - bal,
         "n": int(y.size),
     }
+
+
+SMALL_N = 100
+"""Fewer test images than this make a cell's numbers noisy (flagged)."""
+SMALL_CLASS = 10
+"""Fewer images of some class than this make its recall, and balanced accuracy, noisy."""
+DEGENERATE_SHARE = 0.95
+"""A model predicting one class for more than this share of the images is flagged."""
+
+
+def cell_diagnostics(probs: Any, labels: Any) -> dict[str, Any]:
+    """What a reader should check in one cell: the confusion matrix (rows = true class), the
+    recall of each class (None where a class is absent), and flags for small n (fewer than
+    100 images, or fewer than 10 of a present class) and degenerate predictions (one class
+    for more than 95 % of the images). Predictions are the argmax, as in :func:`cell_metrics`.
+    """
+    p, y = _validate(probs, labels)
+    k = p.shape[1]
+    pred = p.argmax(axis=1)
+    confusion = np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
+    support = confusion.sum(axis=1)
+    recall = [None if n == 0 else float(confusion[c, c] / n) for c, n in enumerate(support)]
+    shares = np.bincount(pred, minlength=k) / y.size
+    flags = []
+    if y.size < SMALL_N:
+        flags.append(f"small n: {y.size} images (< {SMALL_N})")
+    small = [c for c, n in enumerate(support) if 0 < n < SMALL_CLASS]
+    if small:
+        flags.append(f"small class: class(es) {small} have fewer than {SMALL_CLASS} images")
+    if shares.max() > DEGENERATE_SHARE:
+        flags.append(f"degenerate: predicts class {int(shares.argmax())} for "
+                     f"{shares.max():.0%} of the images")
+    return {"confusion": confusion.tolist(), "recall": recall, "flags": flags}

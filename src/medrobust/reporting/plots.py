@@ -69,12 +69,14 @@ def plot_accuracy_vs_severity(
     ylabel: str = "accuracy",
     title: str | None = None,
     columns: int = 4,
+    chance: Mapping[str, float | None] | None = None,
 ) -> Path:
     """One subplot per corruption, one line per model: accuracy at ``severities`` (0 = clean).
 
     ``curves`` maps corruption -> model -> one value per severity (None = no data, drawn as a
     gap); corruptions without any corrupted value get no panel. The y axis is shared so the
-    panels compare at a glance.
+    panels compare at a glance. ``chance`` (per corruption) draws the accuracy of a constant
+    guess as a dotted line, so a curve near it is read as no better than guessing.
     """
     for c, per_model in curves.items():
         for m, points in per_model.items():
@@ -91,6 +93,8 @@ def plot_accuracy_vs_severity(
     fig = _figure(3.1 * ncols + 0.4, 2.5 * nrows + 0.9)
     axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
     every = np.concatenate([_values(p) for c in curves.values() for p in c.values()])
+    levels = [v for v in (chance or {}).values() if v is not None]
+    every = np.concatenate([every, np.asarray(levels, dtype=np.float64)])
     finite = every[np.isfinite(every)]
     lo = math.floor(finite.min() * 10) / 10 if finite.size else 0.0
     hi = math.ceil(finite.max() * 10) / 10 if finite.size else 1.0
@@ -105,6 +109,9 @@ def plot_accuracy_vs_severity(
             points = curves[names[k]].get(m)
             if points is not None:
                 ax.plot(x, _values(points), label=m, linewidth=1.6, markersize=4.5, **_style(i))
+        level = (chance or {}).get(names[k])
+        if level is not None:
+            ax.axhline(level, color="#888888", linestyle=":", linewidth=1.2, label="chance")
         panel = names[k].replace("_", " ").replace(" (", "\n(", 1)  # a note on its own line
         ax.set_title("\n".join(textwrap.fill(t, 36) for t in panel.split("\n")), fontsize=10)
         ax.set_xticks(x, labels)

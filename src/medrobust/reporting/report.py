@@ -29,21 +29,24 @@ from ..severity import CLEAN
 from .analysis import Analysis, analyse
 from .plots import plot_accuracy_vs_severity, plot_corruption_heatmap
 from .render import Cell, Table
-from .results import RunResults, collect_results
+from .results import RunResults, collect_results, mean_defined
 from .run_info import RunInfo, model_notes
 from .tables import (
     ERROR_DEFINITIONS,
     accuracy_curves,
     build_tables,
     corruption_matrix,
+    curve_datasets,
 )
 from .uncertainty import (
     BootstrapSettings,
     Uncertainty,
     bootstrap_results,
+    flags_table,
     headline_table,
     published_table,
     summary_json,
+    templates_table,
 )
 
 __all__ = ["write_report"]
@@ -301,18 +304,24 @@ def _config_summary(results: RunResults) -> str:
     return json.dumps({level: out[level] for level in order}, indent=2, default=str)
 
 
-def _figures(analysis: Analysis, out: Path) -> list[tuple[str, Path, str]]:
+def _figures(analysis: Analysis, out: Path, unc: Uncertainty) -> list[tuple[str, Path, str]]:
     """Write the plots that have data; (title, path, caption) of each."""
     r = analysis.results
     figures = []
     severities, curves = accuracy_curves(analysis)
+    chance = {key: mean_defined(unc.chance(d) for d in datasets)
+              for key, datasets in curve_datasets(analysis).items()}
     if any(v is not None for per in curves.values() for p in per.values() for v in p[1:]):
         path = plot_accuracy_vs_severity(
-            curves, severities, out / "accuracy_vs_severity.png", ylabel=r.accuracy_name)
+            curves, severities, out / "accuracy_vs_severity.png", ylabel=r.accuracy_name,
+            chance=chance)
+        guess = ("1 / number of classes" if r.error_type == "balanced_error"
+                 else "the majority class's share")
         figures.append((
             "Accuracy versus severity", path,
             f"{r.accuracy_name.capitalize()} per corruption and severity (clean = severity 0), "
-            "mean over the datasets with that corruption."))
+            "mean over the datasets with that corruption; dotted: chance, the "
+            f"{r.accuracy_name} of a constant guess ({guess})."))
     label, matrix = corruption_matrix(analysis)
     if any(v is not None for row in matrix.values() for v in row.values()):
         path = plot_corruption_heatmap(
@@ -496,16 +505,19 @@ def write_report(
     published = published_table(unc)
     if published is not None:
         tables = {"published": published, **tables}
+    templates, template_warnings = templates_table(results)
+    extra = {"flags": flags_table(unc), "templates": templates}
+    tables.update({k: t for k, t in extra.items() if t is not None})
     headline = headline_table(unc, {m: "; ".join(c) or None for m, c in caveats.items()})
     content = _Content(
         title=f"medrobust robustness report: {run_dir.resolve().name}",
-        warnings=_warnings(results, analysis, info),
+        warnings=_warnings(results, analysis, info) + template_warnings,
         summary=_summary_items(results, analysis, run_dir.resolve()),
         datasets=_datasets_table(results),
         configuration=_config_summary(results),
         headline=headline,
         results=list(tables.values()),
-        figures=_figures(analysis, out),
+        figures=_figures(analysis, out, unc),
         montages=montages,
         notes=_notes(results, analysis, info) + _uncertainty_notes(unc),
     )

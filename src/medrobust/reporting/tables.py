@@ -27,6 +27,7 @@ __all__ = [
     "accuracy_curves",
     "build_tables",
     "corruption_matrix",
+    "curve_datasets",
     "is_medclip",
 ]
 
@@ -365,6 +366,12 @@ def build_tables(analysis: Analysis) -> dict[str, Table]:
         "corruption_accuracy": _per_corruption(analysis, "accuracy"),
         "severity": _severity(analysis),
     }
+
+
+def curve_datasets(analysis: Analysis) -> dict[str, list[str]]:
+    """The benchmark labels behind each curve of :func:`accuracy_curves` (same keys)."""
+    return {key: [b.label for b, _ in where]
+            for key, where in _corruption_pairs(analysis.results).items()}
 
 
 def accuracy_curves(analysis: Analysis

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..evaluation import baselines
+from ..evaluation.metrics import cell_diagnostics
 from ..evaluation.robustness import CLEAN, MIN_DENOMINATOR
 from ..evaluation.uncertainty import (
     DEFAULT_RESAMPLES,
@@ -43,10 +44,12 @@ __all__ = [
     "ModelSummary",
     "Uncertainty",
     "bootstrap_results",
+    "flags_table",
     "headline_table",
     "published_table",
     "significance",
     "summary_json",
+    "templates_table",
 ]
 
 PUBLISHED_BASELINE_SUITE = "medmnist-c"
@@ -123,7 +126,19 @@ class Uncertainty:
     cells: list[dict[str, Any]]
     notes: list[str]
     image_sources: dict[str, str]
+    class_counts: dict[str, list[int]]
+    """Test images per class of each dataset (benchmark label)."""
     seconds: float
+
+    def chance(self, dataset: str) -> float | None:
+        """The accuracy of a constant guess: 1 / K for balanced accuracy (K classes present),
+        the majority class's share for plain accuracy."""
+        counts = [c for c in self.class_counts.get(dataset, ()) if c]
+        if not counts:
+            return None
+        if self.error_type == "balanced_error":
+            return 1.0 / len(counts)
+        return max(counts) / sum(counts)
 
 
 def _load(run_dir: Path, path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -139,9 +154,13 @@ def _resamples(labels: np.ndarray, settings: BootstrapSettings, dataset: str) ->
 
 
 def _bench_replicates(results: RunResults, bench: Benchmark, run_dir: Path,
-                      settings: BootstrapSettings, notes: list[str]
-                      ) -> tuple[dict[tuple[str, str, int], CellReplicates], int] | None:
-    """Replicates of every cell of one benchmark; None when its cells do not share images."""
+                      settings: BootstrapSettings, notes: list[str],
+                      diagnostics: dict[tuple[str, str, int], dict[str, Any]]
+                      ) -> tuple[dict[tuple[str, str, int], CellReplicates], np.ndarray] | None:
+    """Replicates of every cell of one benchmark; None when its cells do not share images.
+
+    ``diagnostics`` receives each loaded cell's confusion matrix, recalls and flags.
+    """
     keys = [k for k in results.cells if k[1] == bench.label]
     loaded = {}
     for k in keys:
@@ -155,6 +174,8 @@ def _bench_replicates(results: RunResults, bench: Benchmark, run_dir: Path,
                          "for the intervals")
     if not loaded:
         return None
+    for key, (probs, y) in loaded.items():
+        diagnostics[key] = cell_diagnostics(probs, y)
     labels = next(iter(loaded.values()))[1]
     if any(y.shape != labels.shape or not np.array_equal(y, labels) for _, y in loaded.values()):
         notes.append(f"{bench.label}: its cells were scored on different test images (other "
@@ -163,7 +184,7 @@ def _bench_replicates(results: RunResults, bench: Benchmark, run_dir: Path,
     res = _resamples(labels, settings, bench.dataset)
     names = list(loaded)
     reps = cell_replicates(res, [loaded[k][0] for k in names])
-    return dict(zip(names, reps, strict=True)), int(labels.size)
+    return dict(zip(names, reps, strict=True)), labels
 
 
 def _grid(reps: Mapping[tuple[str, str, int], CellReplicates], model: str, bench: Benchmark,
@@ -250,8 +271,10 @@ def _ratios(parts: _Parts, diffs: _Parts, reps: Mapping[tuple[str, str, int], Ce
 
 
 def _cell_records(reps: Mapping[tuple[str, str, int], CellReplicates], bench: Benchmark,
-                  n: int) -> list[dict[str, Any]]:
-    """Per-cell error, accuracy, balanced error (percent) and AUC with intervals."""
+                  n: int, diagnostics: Mapping[tuple[str, str, int], dict[str, Any]]
+                  ) -> list[dict[str, Any]]:
+    """Per-cell error, accuracy, balanced error (percent) and AUC with intervals, plus the
+    cell's confusion matrix, per-class recall and flags."""
     keys = sorted(reps)
     nan = np.full(reps[keys[0]].error.shape, np.nan)
     rows = {
@@ -263,7 +286,8 @@ def _cell_records(reps: Mapping[tuple[str, str, int], CellReplicates], bench: Be
     columns = {name: estimates(np.stack(values)) for name, values in rows.items()}
     return [{"model": model, "dataset": bench.label, "corruption": corruption,
              "severity": severity, "n": n,
-             **{name: columns[name][i].to_json() for name in rows}}
+             **{name: columns[name][i].to_json() for name in rows},
+             **diagnostics[(model, corruption, severity)]}
             for i, (model, corruption, severity) in enumerate(keys)]
 
 
@@ -296,12 +320,16 @@ def bootstrap_results(results: RunResults, run_dir: str | Path, baseline: str | 
     cells: list[dict[str, Any]] = []
     notes: list[str] = []
     sources = {}
+    class_counts: dict[str, list[int]] = {}
     for bench in results.benchmarks:
-        got = _bench_replicates(results, bench, run_dir, settings, notes)
+        diagnostics: dict[tuple[str, str, int], dict[str, Any]] = {}
+        got = _bench_replicates(results, bench, run_dir, settings, notes, diagnostics)
         if got is None:
             continue
-        reps, n = got
-        cells += _cell_records(reps, bench, n)
+        reps, labels = got
+        n = int(labels.size)
+        class_counts[bench.label] = np.bincount(labels, minlength=1).tolist()
+        cells += _cell_records(reps, bench, n, diagnostics)
         sources[bench.label] = _image_source(results, bench.dataset)
         min_rel = max(MIN_DENOMINATOR, settings.min_degradation_images / n)
         for m in results.models:
@@ -326,7 +354,8 @@ def bootstrap_results(results: RunResults, run_dir: str | Path, baseline: str | 
                          for name in ("clean_error", "mean_corrupted_error", "mce")},
             coverage=coverage, n_images=n_images[m])
     return Uncertainty(settings, results.error_type, baseline, models, cells,
-                       list(dict.fromkeys(notes)), sources, time.perf_counter() - started)
+                       list(dict.fromkeys(notes)), sources, class_counts,
+                       time.perf_counter() - started)
 
 
 def _complement(e: Estimate) -> Estimate:
@@ -469,3 +498,61 @@ def published_table(unc: Uncertainty) -> Table | None:
     return Table("published", "MedMNIST-C BE and rBE against the published AlexNet", how,
                  ("Model", "BE", "rBE", "BE coverage", "rBE coverage"), tuple(rows),
                  ("", "x", "x", "x", "x"))
+
+
+def flags_table(unc: Uncertainty) -> Table | None:
+    """Cells to read with care: small n, small classes, degenerate predictions, per model."""
+    counts: dict[tuple[str, str, str], int] = {}
+    example: dict[tuple[str, str, str], str] = {}
+    for cell in unc.cells:
+        for flag in cell["flags"]:
+            kind = flag.partition(":")[0]
+            key = (cell["model"], cell["dataset"], kind)
+            counts[key] = counts.get(key, 0) + 1
+            example.setdefault(key, f"{cell['corruption']} s{cell['severity']}: {flag}")
+    if not counts:
+        return None
+    rows = tuple((Cell(m), Cell(d), Cell(kind), Cell(n), Cell(example[(m, d, kind)]))
+                 for (m, d, kind), n in sorted(counts.items()))
+    how = ("Flags from each cell's stored predictions: small n (fewer than 100 test images), "
+           "small class (a class with fewer than 10 images: its recall, and balanced accuracy, "
+           "are noisy) and degenerate (one predicted class for more than 95 % of the images: "
+           "the model ignores the image). Every cell's confusion matrix and per-class recall "
+           "are in summary.json.")
+    return Table("flags", "Cells to read with care", how,
+                 ("Model", "Dataset", "Flag", "Cells", "First example"), rows,
+                 ("", "", "", "d", ""))
+
+
+def _templates(prompts: Sequence[Sequence[str]], class_names: Sequence[str]) -> list[str]:
+    """A cell's prompt templates: its prompts with the class name put back as {}."""
+    out: dict[str, None] = {}
+    for name, texts in zip(class_names, prompts, strict=False):
+        for text in texts:
+            out.setdefault(text.replace(name, "{}"))
+    return list(out)
+
+
+def templates_table(results: RunResults) -> tuple[Table | None, list[str]]:
+    """Each model's prompt templates per dataset, and a warning when models of one dataset
+    were scored with different templates (their numbers then compare prompts too)."""
+    found: dict[tuple[str, str], tuple[str, ...]] = {}
+    for record in results.configs:
+        config = record["config"]
+        if "prompts" in config and "class_names" in config:
+            found.setdefault((record["model"], record["dataset"]),
+                             tuple(_templates(config["prompts"], config["class_names"])))
+    if not found:
+        return None, []
+    warnings = []
+    for dataset in sorted({d for _, d in found}):
+        distinct = {t for (_, d), t in found.items() if d == dataset}
+        if len(distinct) > 1:
+            warnings.append(f"The models on {dataset} used different prompt templates "
+                            f"({len(distinct)} sets; see 'Prompt templates'): their differences "
+                            "include the prompts, not only the models.")
+    rows = tuple((Cell(m), Cell(d), Cell(len(t)), Cell(" | ".join(t)))
+                 for (m, d), t in sorted(found.items()))
+    return Table("templates", "Prompt templates", "The templates each model was scored with "
+                 "('{}' = the class name), from the stored cell configurations.",
+                 ("Model", "Dataset", "Templates", "Text"), rows, ("", "", "d", "")), warnings
