@@ -28,6 +28,17 @@ def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _seeds(text: str) -> list[int]:
+    """Comma-separated distinct integer seeds, e.g. 0,1,2."""
+    try:
+        seeds = [int(v) for v in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be integers such as 0,1,2; got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"give distinct seeds such as 0,1,2; got {text!r}")
+    return seeds
+
+
 def _add_dataset_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", help="MedMNIST flag (e.g. breastmnist), a .npz file or an image folder")
     p.add_argument("--split", default="test", help="dataset split (default: test)")
@@ -313,6 +324,18 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         return 0
     if not args.model or not args.dataset:
         raise ValueError("adapt needs --model and at least one --dataset")
+    if args.seeds:
+        folders = []
+        for seed in args.seeds:
+            # one adapter per seed: a fresh few-shot draw and training; the report groups them
+            one = argparse.Namespace(**{**vars(args), "seeds": None, "seed": seed,
+                                        "out": str(Path(args.out) / f"seed-{seed}"),
+                                        "label": f"{args.label or Path(args.out).name}-seed-{seed}"})
+            cmd_adapt(one)
+            folders.append(one.out)
+        print(f"{len(folders)} adapters (seeds {', '.join(map(str, args.seeds))}): evaluate them "
+              f"together with medrobust eval {' '.join(f'--adapter {f}' for f in folders)} ...")
+        return 0
     out = adapt(args.model, args.dataset, adapt_config(args), out_dir=args.out,
                 data_root=args.data_root,
                 device=args.device, model_kwargs=model_kwargs, resume=not args.no_resume,
@@ -498,6 +521,9 @@ def _add_adapt(sub: Subparsers) -> None:
     _add_weights_option(p)
     p.add_argument("--data-root")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--seeds", type=_seeds,
+                   help="comma-separated seeds: one adapter per seed (its own few-shot draw and "
+                        "training) in OUT/seed-N; the report shows their mean and spread")
     p.add_argument("--random-weights", action="store_true")
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--quiet", action="store_true")

@@ -171,3 +171,25 @@ def test_models_with_different_templates_are_flagged(tmp_path: Path) -> None:
     table, warnings = templates_table(collect_results(ResultsStore(tmp_path).rows()))
     assert table.value("a", "Text") == "a photo of {}."
     assert len(warnings) == 1 and "different prompt templates" in warnings[0]
+
+
+def test_seed_groups_show_mean_spread_and_the_interval_of_the_mean(tmp_path: Path) -> None:
+    from medrobust.reporting.uncertainty import seed_groups, seeds_table
+
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 2, 200)
+    with ResultsStore(tmp_path) as store:
+        for model, strength in (("base", 1.0), ("m+lora:a-seed-0", 1.5), ("m+lora:a-seed-1", 2.0),
+                                ("m+lora:a-seed-2", 2.5)):
+            probs = _probs(rng, labels, strength)
+            key = CellKey(model, "w", "breastmnist", "test", "clean", 0, 0, "s", {})
+            store.add(key, cell_metrics(probs, labels, "binary"), probs, labels)
+    unc = bootstrap_results(collect_results(ResultsStore(tmp_path).rows()), tmp_path, "base",
+                            BootstrapSettings(n_resamples=200))
+    assert seed_groups(list(unc.models)) == {
+        "m+lora:a": ["m+lora:a-seed-0", "m+lora:a-seed-1", "m+lora:a-seed-2"]}
+    table = seeds_table(unc)
+    errors = [unc.models[f"m+lora:a-seed-{s}"].estimates["clean_error"].value for s in range(3)]
+    text = table.value("m+lora:a", "Clean error %: mean ± sd over seeds")
+    assert text.startswith(f"{np.mean(errors):.1f} ± {np.std(errors, ddof=1):.1f}")
+    assert table.value("m+lora:a", "Seeds") == 3

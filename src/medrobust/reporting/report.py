@@ -45,6 +45,7 @@ from .uncertainty import (
     flags_table,
     headline_table,
     published_table,
+    seeds_table,
     summary_json,
     templates_table,
 )
@@ -506,7 +507,7 @@ def write_report(
     if published is not None:
         tables = {"published": published, **tables}
     templates, template_warnings = templates_table(results)
-    extra = {"flags": flags_table(unc), "templates": templates}
+    extra = {"seeds": seeds_table(unc), "flags": flags_table(unc), "templates": templates}
     tables.update({k: t for k, t in extra.items() if t is not None})
     headline = headline_table(unc, {m: "; ".join(c) or None for m, c in caveats.items()})
     content = _Content(

@@ -11,6 +11,7 @@ difference whose 95 % interval contains 0 is marked "not significant" rather tha
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ __all__ = [
     "flags_table",
     "headline_table",
     "published_table",
+    "seed_groups",
+    "seeds_table",
     "significance",
     "summary_json",
     "templates_table",
@@ -113,6 +116,8 @@ class ModelSummary:
     differences: dict[str, Estimate]
     coverage: dict[str, dict[str, Any]]
     n_images: int
+    replicates: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    """The bootstrap replicates behind ``estimates`` (entry 0: the estimate itself)."""
 
 
 @dataclass(frozen=True)
@@ -352,7 +357,8 @@ def bootstrap_results(results: RunResults, run_dir: str | Path, baseline: str | 
             estimates=est,
             differences={name: estimate(diffs[m].mean(name))
                          for name in ("clean_error", "mean_corrupted_error", "mce")},
-            coverage=coverage, n_images=n_images[m])
+            coverage=coverage, n_images=n_images[m],
+            replicates={name: r for name in _NAMES if (r := p.mean(name)) is not None})
     return Uncertainty(settings, results.error_type, baseline, models, cells,
                        list(dict.fromkeys(notes)), sources, class_counts,
                        time.perf_counter() - started)
@@ -556,3 +562,47 @@ def templates_table(results: RunResults) -> tuple[Table | None, list[str]]:
     return Table("templates", "Prompt templates", "The templates each model was scored with "
                  "('{}' = the class name), from the stored cell configurations.",
                  ("Model", "Dataset", "Templates", "Text"), rows, ("", "", "d", "")), warnings
+
+
+_SEED = re.compile(r"^(?P<group>.+)-seed-(?P<seed>\d+)$")
+
+
+def seed_groups(models: Sequence[str]) -> dict[str, list[str]]:
+    """Models that differ only by their training seed (``...-seed-N``, from ``adapt --seeds``)."""
+    groups: dict[str, list[str]] = {}
+    for m in models:
+        match = _SEED.match(m)
+        if match:
+            groups.setdefault(match["group"], []).append(m)
+    return {g: sorted(ms) for g, ms in groups.items() if len(ms) > 1}
+
+
+def seeds_table(unc: Uncertainty) -> Table | None:
+    """Mean and spread over training seeds, beside the bootstrap interval of the seed mean."""
+    groups = seed_groups(list(unc.models))
+    if not groups:
+        return None
+    names = [("clean_error", "Clean error %"), ("mean_corrupted_error", "Mean corrupted error %")]
+    if unc.baseline is not None:
+        names += [("mce", "mCE")]
+    rows = []
+    for group, members in sorted(groups.items()):
+        row = [Cell(group), Cell(len(members))]
+        for name, _ in names:
+            reps = [unc.models[m].replicates.get(name) for m in members]
+            if any(r is None for r in reps):
+                row += [Cell(None), Cell(None)]
+                continue
+            values = np.array([r[0] for r in reps])
+            row += [Cell(f"{values.mean():.1f} ± {values.std(ddof=1):.1f} "
+                         f"(min {values.min():.1f}, max {values.max():.1f})"),
+                    Cell(_ci_text(estimate(np.mean(reps, axis=0)), ".1f"))]
+        rows.append(tuple(row))
+    head = ["Adapter (seeds grouped)", "Seeds"]
+    for _, title in names:
+        head += [f"{title}: mean ± sd over seeds", f"{title}: bootstrap 95 % CI of the mean"]
+    how = ("Adapters trained with several seeds (adapt --seeds: a new few-shot draw and training "
+           "each). The spread over seeds is training noise; the bootstrap interval is test-set "
+           "noise (the same resampled images for every seed); both matter.")
+    return Table("seeds", "Spread over training seeds", how, tuple(head), tuple(rows),
+                 ("",) + ("x",) * (len(head) - 1))
