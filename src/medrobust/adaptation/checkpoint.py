@@ -219,6 +219,17 @@ def _build_base(
     )
 
 
+def _adapter_note(config: Mapping[str, Any], base: str) -> str:
+    """Which base model and which images an adapter was trained on, for the report."""
+    data = config.get("data") or {}
+    used = ", ".join(f"{d['name']} ({d['n_train']} {d.get('fewshot_split', 'train')} images, "
+                     f"validated on {d.get('validation', 'a validation split')})"
+                     for d in data.get("datasets", ()) if "n_train" in d)
+    seed = (config.get("seeds") or {}).get("seed")
+    return (f"LoRA adapter of {base}" + (f" trained on {used}" if used else " (imported)")
+            + ("" if seed is None else f", seed {seed}") + ".")
+
+
 def _adapted_identity(
     model: ModelAdapter, config: Mapping[str, Any], folder: Path, merged: bool
 ) -> None:
@@ -237,6 +248,7 @@ def _adapted_identity(
         notes=notes,
         weights_id=f"{model.weights_id} + lora {folder.resolve()}",
         weights_hash=combined,
+        notes=" ".join(n for n in (model.info.notes, _adapter_note(config, model.name)) if n),
     )
     model.spec = {
         **copy.deepcopy(model.spec),
