@@ -21,7 +21,7 @@ from pathlib import Path
 from .adaptation import AdaptConfig, adapt, load_adapted_model
 from .adaptation.checkpoint import seen_image_hashes
 from .corruptions import get_suite
-from .data import open_dataset
+from .data import ImageDataset, open_dataset
 from .evaluation import GridSpec, run_grid
 from .models import ModelAdapter, create_model
 from .reporting import write_report
@@ -63,6 +63,32 @@ def _adapter_name(fraction: float, augmented: bool) -> str:
 
 def _test_corruptions(datasets: Sequence[str]) -> list[str]:
     return sorted({c for d in datasets for c in get_suite("medmnist-c", d).corruptions})
+
+
+def _write_reports(run_dir: Path, datasets: Sequence[ImageDataset], settings: DemoSettings,
+                   seed: int, bootstrap: BootstrapSettings | None,
+                   log: Callable[[str], None]) -> dict[str, Path]:
+    """Montages, then the report with plain error and one with balanced error (MedMNIST-C's;
+    RobustMedCLIP uses plain error; they can disagree), and their headlines printed."""
+    montages = {}
+    for dataset in datasets:
+        _, images, _ = next(dataset.subset([0]).iter_batches(1))
+        montage = corruption_montage(images, get_suite("medmnist-c", dataset.name), indices=[0],
+                                     severities=settings.severities, seed=seed, tile=96)
+        montages[f"{dataset.name} (test image 0)"] = save_png_atomic(
+            montage, run_dir / "montages" / f"{dataset.name}.png")
+    paths = write_report(run_dir, baseline=BASE_MODEL, montage_images=montages,
+                         bootstrap=bootstrap)
+    balanced = write_report(run_dir, run_dir / "report-balanced", baseline=BASE_MODEL,
+                            error_type="balanced_error", montage_images=montages,
+                            bootstrap=bootstrap)
+    for report in (paths, balanced):
+        log("")
+        log(report["headline"].read_text().strip())
+    log("")
+    log(f"report: {paths['html']}  (Markdown: {paths['markdown']}; summary: {paths['summary']})")
+    log(f"the same with balanced error: {balanced['html']}")
+    return paths
 
 
 def run_demo(
@@ -133,24 +159,6 @@ def run_demo(
     run_grid(spec, run_dir, progress=progress)
 
     log("[4/4] writing the report")
-    montages = {}
-    for dataset in datasets:
-        _, images, _ = next(dataset.subset([0]).iter_batches(1))
-        montage = corruption_montage(images, get_suite("medmnist-c", dataset.name), indices=[0],
-                                     severities=settings.severities, seed=seed, tile=96)
-        montages[f"{dataset.name} (test image 0)"] = save_png_atomic(
-            montage, run_dir / "montages" / f"{dataset.name}.png")
-    # both errors: MedMNIST-C reports balanced error, RobustMedCLIP plain error; they can disagree
-    paths = write_report(run_dir, baseline=BASE_MODEL, montage_images=montages,
-                         bootstrap=bootstrap)
-    balanced = write_report(run_dir, run_dir / "report-balanced", baseline=BASE_MODEL,
-                            error_type="balanced_error", montage_images=montages,
-                            bootstrap=bootstrap)
-    for report in (paths, balanced):
-        log("")
-        log(report["headline"].read_text().strip())
-    log("")
-    log(f"report: {paths['html']}  (Markdown: {paths['markdown']}; summary: {paths['summary']})")
-    log(f"the same with balanced error: {balanced['html']}")
+    paths = _write_reports(run_dir, datasets, settings, seed, bootstrap, log)
     log(f"demo finished in {time.perf_counter() - started:.0f} s")
     return paths

@@ -202,7 +202,7 @@ def test_corruption_augmentation(tmp_path: Path, shared_data, breast_batch) -> N
 
 def test_exclusion_removes_the_whole_family(tmp_path: Path, shared_data) -> None:
     """brightness_up (a MedMNIST-C name) keeps ImageNet-C's brightness out of training too."""
-    out = adapt("clip-vit-b16", ["breastmnist"], out_dir=tmp_path / "fam", data_root=shared_data,
+    out = _adapt("clip-vit-b16", ["breastmnist"], out_dir=tmp_path / "fam", data_root=shared_data,
                 augment_suite="imagenet-c", exclude_corruptions=["brightness_up", "speckle_noise"],
                 **{**RUN, "epochs": 1})
     aug = _config(out)["augmentation"]
