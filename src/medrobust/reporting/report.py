@@ -430,6 +430,17 @@ def model_caveats(results: RunResults, info: RunInfo) -> dict[str, list[str]]:
     return out
 
 
+def _result_tables(analysis: Analysis, unc: Uncertainty) -> tuple[dict[str, Table], list[str]]:
+    """The report's result tables (published baselines first, then the analysis tables, the
+    seeds, flags and templates), and the warnings about differing prompt templates."""
+    tables = build_tables(analysis)
+    tables["headline"] = _retitled(tables["headline"])
+    templates, warnings = templates_table(analysis.results)
+    extra = {"seeds": seeds_table(unc), "flags": flags_table(unc), "templates": templates}
+    ordered = {"published": published_table(unc), **tables, **extra}
+    return {k: t for k, t in ordered.items() if t is not None}, warnings
+
+
 def _retitled(table: Table) -> Table:
     """The point-estimate headline, kept below as the detailed table (ECE, AUC, coverage)."""
     return Table("detail", "Point estimates with calibration and coverage", table.description,
@@ -501,14 +512,7 @@ def write_report(
 
     unc = bootstrap_results(results, run_dir, analysis.baseline, settings)
     caveats = model_caveats(results, info)
-    tables = build_tables(analysis)
-    tables["headline"] = _retitled(tables["headline"])
-    published = published_table(unc)
-    if published is not None:
-        tables = {"published": published, **tables}
-    templates, template_warnings = templates_table(results)
-    extra = {"seeds": seeds_table(unc), "flags": flags_table(unc), "templates": templates}
-    tables.update({k: t for k, t in extra.items() if t is not None})
+    tables, template_warnings = _result_tables(analysis, unc)
     headline = headline_table(unc, {m: "; ".join(c) or None for m, c in caveats.items()})
     content = _Content(
         title=f"medrobust robustness report: {run_dir.resolve().name}",
