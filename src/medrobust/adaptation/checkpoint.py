@@ -239,7 +239,7 @@ def _adapted_identity(
     parts = (model.weights_hash, config["base"]["vision_sha256"], config["adapter_sha256"])
     combined = hashlib.sha256("|".join(parts).encode()).hexdigest()
     unchanged = config.get("unchanged")
-    notes = model.info.notes
+    notes = " ".join(n for n in (model.info.notes, _adapter_note(config, model.name)) if n)
     if unchanged:  # the report shows a model's notes: it marks this adapter
         notes = f"adaptation did nothing: {unchanged}." + (f" {notes}" if notes else "")
     model.info = dataclasses.replace(
@@ -248,7 +248,6 @@ def _adapted_identity(
         notes=notes,
         weights_id=f"{model.weights_id} + lora {folder.resolve()}",
         weights_hash=combined,
-        notes=" ".join(n for n in (model.info.notes, _adapter_note(config, model.name)) if n),
     )
     model.spec = {
         **copy.deepcopy(model.spec),
