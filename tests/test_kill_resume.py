@@ -26,22 +26,31 @@ def temporary_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob(".*") if p.is_file())
 
 
-def kill_and_resume(server, argv, out: Path, logs: Path, seconds: float, seed: int, kills: int):
-    """Kill ``argv`` ``kills`` times at seeded random moments within ``seconds`` (an
-    uninterrupted run's duration), resuming each time, then let it finish. Returns
-    (kills that landed, temporary files seen after kills, final status)."""
+def kill_and_resume(server, argv, out: Path, logs: Path, seconds: float, seed: int, kills: int,
+                    startup: float = 0.0):
+    """Kill ``argv`` ``kills`` times at seeded random moments, resuming each time, then let it
+    finish. Returns (kills that landed, temporary files seen after kills, final status).
+
+    Each delay is drawn within the expected remaining run time: ``startup`` (a run with nothing
+    left to do) plus the work not yet done, estimated from ``seconds`` (an uninterrupted run)
+    less the working time of the runs killed so far, so that later kills still land (once one
+    misses, the run is complete and no later kill can land)."""
     rng = random.Random(seed)
     landed, leftovers = 0, 0
+    work = max(seconds - startup, 0.0)
     for i in range(kills):
-        status = server.run_killed(argv, logs / f"killed-{i}.log", rng.uniform(0.05, 0.95) * seconds)
+        delay = rng.uniform(0.05, 0.95) * (startup + max(work, 0.1 * (seconds - startup)))
+        status = server.run_killed(argv, logs / f"killed-{i}.log", delay)
         landed += status == -signal.SIGKILL
+        work -= max(delay - startup, 0.0)
         leftovers += len(temporary_files(out)) if out.exists() else 0
     status, _ = server.run(argv, logs / "final.log")
     return landed, leftovers, status
 
 
-def tree(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+def tree(folder: Path, ignore: tuple[str, ...] = ()) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name not in ignore}
 
 
 def _normalise_json(value):
@@ -63,9 +72,10 @@ def _rows(db: Path) -> list[tuple]:
     return rows
 
 
-def assert_same_outputs(reference: Path, resumed: Path) -> None:
-    """The same files with the same bytes; the results database by rows, less timings."""
-    a, b = tree(reference), tree(resumed)
+def assert_same_outputs(reference: Path, resumed: Path, ignore: tuple[str, ...] = ()) -> None:
+    """The same files with the same bytes (file names in ``ignore`` aside); the results
+    database by rows, less timings."""
+    a, b = tree(reference), tree(resumed, ignore)
     assert sorted(a) == sorted(b), f"files differ: {sorted(set(a) ^ set(b))}"
     for name in a:
         if name.endswith("results.sqlite"):

@@ -41,6 +41,9 @@ def _spec(model, dataset, **kw):
 def test_grid_cells_metrics_and_resume(tiny_clip, breast, tmp_path):
     summary = run_grid(_spec(tiny_clip, breast), tmp_path, progress=False)
     assert summary.computed == 5 and summary.images == 5 * 24
+    # every connection (store, heartbeat, writer thread) is closed: the last close checkpoints
+    # SQLite's write-ahead log and removes it
+    assert sorted(p.name for p in tmp_path.glob("results.sqlite*")) == ["results.sqlite"]
     with ResultsStore(tmp_path) as store:
         rows = store.rows()
         assert sorted((r["corruption"], r["severity"]) for r in rows) == [
