@@ -13,6 +13,7 @@ import json
 import random
 import signal
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import torch
@@ -63,7 +64,9 @@ def _normalise_json(value):
 
 
 def _rows(db: Path) -> list[tuple]:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+    # read-write and closed: a read-only connection to a WAL database creates -wal/-shm files
+    # it cannot remove (they stayed in the reference folder of benchmarks/kill_campaign.py)
+    with closing(sqlite3.connect(db)) as conn:
         names = [r[1] for r in conn.execute("PRAGMA table_info(cells)")]
         keep = [n for n in names if n not in ("seconds", "created_at")]
         rows = conn.execute(f"SELECT {', '.join(keep)} FROM cells ORDER BY cell_id").fetchall()
