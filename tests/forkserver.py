@@ -18,6 +18,10 @@ Nothing has run on torch before a fork (imports only), so the children start cle
 
 from __future__ import annotations
 
+# Children may drop to another user (``uid``) who cannot read the interpreter's standard
+# library (here under /root): import what they load lazily while still root. zipfile
+# decodes npz member names with cp437.
+import encodings.cp437  # noqa: F401
 import json
 import os
 import resource
