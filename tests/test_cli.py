@@ -257,3 +257,53 @@ def test_adapt_prompt_options_are_checked(shared_data, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main([*common, "--method", "coop"])
     assert exc.value.code == 2
+
+
+def test_adapt_partitions_a_folder_without_splits_and_eval_scores_its_test_part(
+    tmp_path, capsys, monkeypatch
+):
+    from PIL import Image
+
+    from medrobust.adaptation import read_adapter_config
+    from medrobust.data import image_hashes, open_dataset
+    from medrobust.data.fewshot import partition_indices
+    from medrobust.evaluation.store import ResultsStore
+
+    monkeypatch.setenv("MEDROBUST_OFFLINE", "1")
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "scans"
+    for name, n in (("cyst", 10), ("tumour", 8)):
+        (folder / name).mkdir(parents=True)
+        for i in range(n):
+            pixels = rng.integers(0, 256, (16, 16), dtype=np.uint8)
+            Image.fromarray(pixels, mode="L").save(folder / name / f"{i:02d}.png")
+    out = tmp_path / "adapter"
+    rc = main(["adapt", "--model", "medrobust-mini", "--random-weights", "--dataset", str(folder),
+               "--out", str(out), "--epochs", "1", "--rank", "2", "--seed", "5",
+               "--split-ratios", "0.5,0.25,0.25", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    (task,) = read_adapter_config(out)["data"]["datasets"]
+    whole = open_dataset(folder)
+    parts = partition_indices(whole.labels, (0.5, 0.25, 0.25), seed=5, key="scans")
+    hashes = np.asarray(image_hashes(whole.images))
+    split = task["partition"]
+    assert split["ratios"] == [0.5, 0.25, 0.25] and split["seed"] == 5
+    assert split["test_indices"] == parts["test"].tolist()
+    assert split["test_image_sha256"] == hashes[parts["test"]].tolist()
+    assert sorted(task["train_image_sha256"]) == sorted(hashes[parts["train"]])  # all of train
+    assert sorted(task["val_image_sha256"]) == sorted(hashes[parts["val"]])  # selected on val
+    capsys.readouterr()
+
+    rc = main(["eval", "--adapter", str(out), "--dataset", str(folder), "--suite", "imagenet-c",
+               "--corruptions", "pixelate",
+               "--severities", "1", "--run-dir", str(tmp_path / "run"), "--quiet"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err  # the overlap check found none of the adapter's images
+    assert f"only the adapter's held-out test part ({len(parts['test'])} of 18 images)" in captured.out
+    with ResultsStore(tmp_path / "run") as store:
+        configs = [json.loads(row["config"]) for row in store.rows()]
+    assert len(configs) == 2
+    for config in configs:
+        assert config["n_images"] == len(parts["test"]) == 5
+        assert config["reading"]["test_part"] == {"of": 18, "n": 5}
+        assert "seen_test_images" not in config

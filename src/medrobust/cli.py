@@ -28,6 +28,14 @@ def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _ratios(text: str) -> tuple[float, ...]:
+    """Comma-separated train,val,test ratios, e.g. 0.6,0.2,0.2."""
+    try:
+        return tuple(float(v) for v in _names(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give ratios such as 0.6,0.2,0.2; got {text!r}") from None
+
+
 def _seeds(text: str) -> list[int]:
     """Comma-separated distinct integer seeds, e.g. 0,1,2."""
     try:
@@ -201,16 +209,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for m in args.model or []
     ]
     seen: dict[str, frozenset[str]] = {}
+    parts: dict[str, frozenset[int]] = {}
     if args.adapter:
         from .adaptation import load_adapted_model
-        from .adaptation.checkpoint import seen_image_hashes
+        from .adaptation.checkpoint import seen_image_hashes, test_parts
 
         for folder in args.adapter:
             model = load_adapted_model(folder, device, merge=args.merge)
             seen[model.name] = seen_image_hashes(folder)
             models.append(model)
+            for source, part in test_parts(folder).items():  # several adapters: their common part
+                parts[source] = parts[source] & part if source in parts else part
     spec = _config(
         GridSpec, args, models=models, datasets=args.dataset, device=device, seen_images=seen,
+        test_parts=parts,
         benchmark_dir=Path(args.benchmark_dir) if args.benchmark_dir else None,
         data_root=Path(args.data_root) if args.data_root else None,
         resize=not args.native_size, pretrained=not args.random_weights,
@@ -549,6 +561,9 @@ def _add_adapt_data(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--fewshot-split", default="train", choices=("train", "val"))
     g.add_argument("--val-split", default="val")
     g.add_argument("--val-limit", type=int)
+    g.add_argument("--split-ratios", type=_ratios, default=(0.6, 0.2, 0.2),
+                   help="train,val,test ratios partitioning a dataset without splits (an image "
+                        "folder, a split-less npz); eval of the adapter then uses its test part")
     g.add_argument("--augment-suite", help="train with random corruptions from this suite")
     g.add_argument("--exclude-corruptions", type=_names, default=(),
                    help="corruptions left out of augmentation")

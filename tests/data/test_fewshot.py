@@ -111,3 +111,31 @@ def test_multi_label_rejected() -> None:
                       ["a", "b"], "x", "multi-label", "synthetic")
     with pytest.raises(ValueError, match="multi-label"):
         sample_fewshot(ds, shots=1)
+
+
+@pytest.mark.parametrize("ratios", [(0.6, 0.2, 0.2), (0.5, 0.25, 0.25)])
+def test_partition_is_stratified_disjoint_covering_and_seeded(ratios) -> None:
+    from medrobust.data.fewshot import partition_indices
+
+    labels = np.repeat(np.arange(4), [3, 10, 40, 2])
+    parts = partition_indices(labels, ratios, seed=3, key="folder")
+    together = np.concatenate(list(parts.values()))
+    assert np.array_equal(np.sort(together), np.arange(labels.size))  # disjoint and covering
+    for label, n in zip(range(3), (3, 10, 40), strict=True):
+        counts = [int((labels[parts[p]] == label).sum()) for p in ("train", "val", "test")]
+        assert min(counts) >= 1 and sum(counts) == n
+        expected = [max(1, math.floor(r * n + 0.5)) for r in ratios[1:]]
+        assert counts[1:] == expected
+    assert [int((labels[parts[p]] == 3).sum()) for p in ("train", "val", "test")] == [1, 1, 0]
+    again = partition_indices(labels, ratios, seed=3, key="folder")
+    assert all(np.array_equal(parts[p], again[p]) for p in parts)
+    other = partition_indices(labels, ratios, seed=4, key="folder")
+    assert not np.array_equal(parts["test"], other["test"])
+
+
+@pytest.mark.parametrize("ratios", [(0.5, 0.5), (0.6, 0.2, 0.3), (1.0, 0.0, 0.0), (0.8, -0.1, 0.3)])
+def test_partition_refuses_bad_ratios(ratios) -> None:
+    from medrobust.data.fewshot import partition_indices
+
+    with pytest.raises(ValueError, match="ratios"):
+        partition_indices(np.arange(10) % 2, ratios)

@@ -274,6 +274,15 @@ def seen_image_hashes(adapter_dir: str | Path) -> frozenset[str]:
                      for h in record.get(key, ()))
 
 
+def test_parts(adapter_dir: str | Path) -> dict[str, frozenset[int]]:
+    """Per resolved source path of a dataset without splits that the adapter partitioned,
+    the positions of its held-out test part (eval of the adapter scores only these)."""
+    config = read_adapter_config(adapter_dir)
+    return {str(Path(record["source"]).resolve()): frozenset(record["partition"]["test_indices"])
+            for record in config.get("data", {}).get("datasets", ())
+            if record.get("partition") and record.get("source")}
+
+
 def load_adapted_model(
     adapter_dir: str | Path,
     device: str | torch.device = "cpu",

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from medrobust.data import DataOptions
-from medrobust.data.fewshot import check_not_test
+from medrobust.data.fewshot import DEFAULT_SPLIT_RATIOS, check_not_test, partition_indices
 
 from .lora import LoraSettings
 from .prompt import PromptSettings
@@ -87,7 +87,9 @@ class AdaptConfig:
 
     ``fewshot`` is a fraction in (0, 1] of each class, ``shots`` k images per class (neither:
     all of ``fewshot_split``); ``warmup`` a fraction of the steps if a float < 1, else steps;
-    ``patience`` epochs without improvement before stopping (None: never).
+    ``patience`` epochs without improvement before stopping (None: never). ``split_ratios``
+    (train, val, test) partition a dataset without splits (an image folder, a split-less npz):
+    few-shot data from its train part, validation from its val part, its test part left to eval.
     """
 
     fewshot: float | None = None
@@ -95,6 +97,7 @@ class AdaptConfig:
     fewshot_split: str = "train"
     val_split: str = "val"
     val_limit: int | None = None
+    split_ratios: tuple[float, float, float] = DEFAULT_SPLIT_RATIOS
     data_size: int = 28
     resize: bool = True
     templates: str | tuple[str, ...] | None = None
@@ -145,6 +148,8 @@ class AdaptConfig:
         check_not_test(self.val_split, "validation data (checkpoint selection)")
         if self.val_limit is not None:
             _check_int("val_limit", self.val_limit, 1)
+        object.__setattr__(self, "split_ratios", tuple(float(r) for r in self.split_ratios))
+        partition_indices(np.zeros(0, np.int64), self.split_ratios)  # checks the ratios
         _check_int("data_size", self.data_size, 1)
         if self.augment_suite is None and self.exclude_corruptions:
             raise ValueError("exclude_corruptions needs augment_suite")
@@ -192,6 +197,8 @@ class AdaptConfig:
         always hashed them: an unchanged run resumes and fingerprints as before (the data
         options count only when set, the prompt settings only when a prompt is trained)."""
         skip = {"lora", "label", "data_options"}
+        if self.split_ratios == DEFAULT_SPLIT_RATIOS:  # older runs fingerprint as before
+            skip.add("split_ratios")
         if not self.uses_prompt:
             skip |= {"method", "prompt", "prompt_lr"}
         settings = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)
@@ -218,6 +225,7 @@ class AdaptConfig:
         return cls(
             **{k: data[k] for k in ("fewshot", "shots", "fewshot_split", "val_split",
                                     "val_limit", "data_size", "templates")},
+            split_ratios=tuple(data.get("split_ratios", DEFAULT_SPLIT_RATIOS)),
             resize=data["resize_to"] is not None,
             joint_labels=data["label_space"] == "joint",
             augment_suite=augmentation.get("suite"),

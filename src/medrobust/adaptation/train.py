@@ -45,8 +45,8 @@ from medrobust._files import remove_orphans
 from medrobust.corruptions import RandomCorruption, derive_seed, get_suite, prepare_images
 from medrobust.corruptions.families import exclude_families, families_of, known_corruptions
 from medrobust.corruptions.suites import REFERENCE_SIZE
-from medrobust.data import ImageDataset, image_hashes, open_dataset
-from medrobust.data.fewshot import sample_fewshot, split_fewshot
+from medrobust.data import ImageDataset, has_splits, image_hashes, open_dataset
+from medrobust.data.fewshot import partition_indices, sample_fewshot, split_fewshot
 from medrobust.evaluation.metrics import cell_metrics
 from medrobust.models import ModelAdapter
 from medrobust.models.zeroshot import ZeroShotClassifier
@@ -243,11 +243,32 @@ def _open_pool(item: str | ImageDataset, cfg: AdaptConfig, root: Any) -> ImageDa
                         options=cfg.data_options, named_classes=True)
 
 
+def _partition(pool: ImageDataset, cfg: AdaptConfig) -> tuple[ImageDataset, ImageDataset, dict]:
+    """(train part, val part, record) of a dataset without splits, partitioned by
+    ``cfg.split_ratios``; the record names the test part that eval alone may use."""
+    parts = partition_indices(pool.labels, cfg.split_ratios, seed=cfg.seed, key=pool.name)
+    test = pool.subset(parts["test"])
+    record = {
+        "ratios": list(cfg.split_ratios),
+        "seed": cfg.seed,
+        "sampling": "numpy default_rng([seed, crc32(dataset + '/partition'), class])",
+        "n": {part: int(idx.size) for part, idx in parts.items()},
+        "test_indices": test.indices.tolist(),
+        "test_image_sha256": image_hashes(test.images),
+    }
+    return pool.subset(parts["train"]), pool.subset(parts["val"]), record
+
+
 def _prepare_task(item: str | ImageDataset, cfg: AdaptConfig, root: Any) -> _Task:
     pool = _open_pool(item, cfg, root)
+    partition = None
+    if not isinstance(item, ImageDataset) and not has_splits(item):
+        pool, val, partition = _partition(pool, cfg)
     fraction = 1.0 if cfg.fewshot is None and cfg.shots is None else cfg.fewshot
     sample, rest = split_fewshot(pool, fraction=fraction, shots=cfg.shots, seed=cfg.seed)
-    if isinstance(item, ImageDataset) or cfg.val_split == pool.split:
+    if partition is not None:
+        val_from = "the val part of the seeded train/val/test partition"
+    elif isinstance(item, ImageDataset) or cfg.val_split == pool.split:
         val, val_from = rest, f"held-out rest of the {pool.split!r} split"
     else:
         val = open_dataset(item, split=cfg.val_split, size=cfg.data_size, root=root,
@@ -277,6 +298,7 @@ def _prepare_task(item: str | ImageDataset, cfg: AdaptConfig, root: Any) -> _Tas
         "class_names": list(pool.class_names),
         "modality": pool.modality,
         **({"reading": pool.reading} if pool.reading else {}),  # only when used: old runs resume
+        **({"partition": partition} if partition else {}),
     }
     return _Task(
         name=pool.name,
@@ -601,6 +623,7 @@ def _adapter_record(p: _RecordParts) -> dict[str, Any]:
             "fewshot_split": cfg.fewshot_split,
             "val_split": cfg.val_split,
             "val_limit": cfg.val_limit,
+            "split_ratios": list(cfg.split_ratios),
             "data_size": cfg.data_size,
             "resize_to": p.resize_to,
             "templates": cfg.templates,

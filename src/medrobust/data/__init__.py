@@ -1,6 +1,6 @@
 """Data layer: labelled image sets, MedMNIST loading, benchmark layouts, safe npz I/O."""
 
-from .catalog import MODALITIES, DataOptions, medmnist_c_dataset_for, open_dataset
+from .catalog import MODALITIES, DataOptions, has_splits, medmnist_c_dataset_for, open_dataset
 from .datasets import (
     TASKS,
     DatasetInfo,
@@ -75,6 +75,7 @@ __all__ = [
     "download_medmnist",
     "find_medmnist_file",
     "get_layout",
+    "has_splits",
     "image_hashes",
     "images_to_tensor",
     "is_complete",

@@ -22,7 +22,7 @@ from .npz import NpzFormatError, load_npz, npz_array_info
 from .paths import DataNotFoundError
 from .readers import RESIZE_MODES, Slicing, square_images, to_grey
 
-__all__ = ["MODALITIES", "DataOptions", "medmnist_c_dataset_for", "open_dataset"]
+__all__ = ["MODALITIES", "DataOptions", "has_splits", "medmnist_c_dataset_for", "open_dataset"]
 
 _MEDMNIST_FILE = re.compile(r"^(?P<flag>[a-z]+mnist)(?:_(?P<size>28|64|128|224))?$")
 
@@ -160,6 +160,24 @@ def open_dataset(
             "a .npz file or an image folder with one sub-folder per class"
         )
     return _apply_options(dataset, options)
+
+
+def has_splits(spec: str | Path) -> bool:
+    """Whether ``spec`` (as :func:`open_dataset` takes it) has its own train/val/test splits:
+    MedMNIST flags and files and npz files with ``<split>_images`` do; image folders and npz
+    files holding only ``images``/``labels`` do not (``adapt`` then partitions them)."""
+    text = str(spec)
+    path = Path(text).expanduser()
+    if text in MEDMNIST_2D_FLAGS:
+        return True
+    if path.is_dir():
+        return False
+    if path.suffix == ".npz" and path.is_file():
+        match = _MEDMNIST_FILE.match(path.stem)
+        if match and match["flag"] in MEDMNIST_2D_FLAGS:
+            return True
+        return any(k.endswith("_images") for k in npz_array_info(path))
+    return True
 
 
 def _modality_text(options: DataOptions, default: str) -> str:

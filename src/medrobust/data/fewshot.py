@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -18,9 +19,11 @@ from ..seeding import seed_words
 from .datasets import ImageDataset
 
 __all__ = [
+    "DEFAULT_SPLIT_RATIOS",
     "PAPER_FRACTIONS",
     "check_not_test",
     "fewshot_indices",
+    "partition_indices",
     "sample_fewshot",
     "split_fewshot",
 ]
@@ -139,3 +142,54 @@ def sample_fewshot(
     The subset's ``indices`` still point into the original split.
     """
     return split_fewshot(dataset, fraction=fraction, shots=shots, seed=seed)[0]
+
+
+DEFAULT_SPLIT_RATIOS: tuple[float, float, float] = (0.6, 0.2, 0.2)
+PARTS = ("train", "val", "test")
+
+
+def partition_indices(
+    labels: np.ndarray,
+    ratios: Sequence[float] = DEFAULT_SPLIT_RATIOS,
+    *,
+    seed: int = 0,
+    key: str = "",
+) -> dict[str, np.ndarray]:
+    """A seeded, class-stratified train/val/test partition of a dataset without splits.
+
+    Each class is shuffled by ``numpy.random.default_rng([seed, crc32(key + '/partition'),
+    class])`` and cut by ``ratios`` (train, val, test; summing to 1); a class with >= 3 images
+    gets at least one in every part (2 images: train and val; 1: train). Returns sorted
+    positions per part; together they are exactly ``range(len(labels))``, each position once.
+    """
+    ratios = tuple(float(r) for r in ratios)
+    if len(ratios) != 3 or any(not math.isfinite(r) or r <= 0 for r in ratios) or not math.isclose(
+        sum(ratios), 1.0, abs_tol=1e-6
+    ):
+        raise ValueError(
+            f"split ratios must be three positive numbers (train, val, test) summing to 1, "
+            f"e.g. 0.6,0.2,0.2; got {ratios}"
+        )
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise ValueError("labels must be a 1-D integer array to stratify a train/val/test split")
+    parts: dict[str, list[np.ndarray]] = {p: [] for p in PARTS}
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        rng = np.random.default_rng(seed_words(seed, f"{key}/partition", int(label)))
+        members = members[rng.permutation(members.size)]
+        n = members.size
+        n_val = max(1, math.floor(ratios[1] * n + 0.5)) if n >= 3 else n - 1
+        n_test = max(1, math.floor(ratios[2] * n + 0.5)) if n >= 3 else 0
+        n_train = n - n_val - n_test
+        if n_train < 1:
+            n_train, n_val, n_test = 1, 1, n - 2
+        cuts = np.cumsum([n_train, n_val])
+        for part, chunk in zip(PARTS, np.split(members, cuts), strict=True):
+            parts[part].append(chunk)
+    out = {p: np.sort(np.concatenate(c)).astype(np.int64) if c else np.zeros(0, np.int64)
+           for p, c in parts.items()}
+    together = np.concatenate(list(out.values()))
+    if together.size != labels.size or not np.array_equal(np.sort(together), np.arange(labels.size)):
+        raise RuntimeError("train/val/test parts are not a partition of the dataset")
+    return out

@@ -66,6 +66,9 @@ class GridSpec:
     """Per model name, content hashes of the images it was trained or validated on (adapters)."""
     allow_overlap: bool = False
     """Evaluate even when test images are among ``seen_images`` (flagged in every such cell)."""
+    test_parts: Mapping[str, Sequence[int]] = field(default_factory=dict)
+    """Per source of a dataset without splits (its resolved path), the positions of the test
+    part an adapter left out of its train/val/test partition: only these are evaluated."""
 
 
 @dataclass
@@ -133,6 +136,13 @@ def _open_dataset(spec: GridSpec, item: str | ImageDataset) -> ImageDataset:
         item, split=spec.split, size=spec.size, root=spec.data_root, options=spec.data_options,
         named_classes=True,
     )
+    part = spec.test_parts.get(str(Path(dataset.source).resolve())) if dataset.source else None
+    if part is not None:
+        whole = len(dataset)
+        dataset = dataset.subset(np.asarray(sorted(part), dtype=np.int64))
+        dataset.reading["test_part"] = {"of": whole, "n": len(dataset)}
+        print(f"{dataset.name}: no splits of its own; evaluating only the adapter's held-out "
+              f"test part ({len(dataset)} of {whole} images)")
     if spec.limit is not None:
         dataset = dataset.subset(range(min(spec.limit, len(dataset))))
     return dataset
