@@ -170,3 +170,14 @@ def test_options_round_trip() -> None:
     assert DataOptions.from_dict({}) == DataOptions()
     with pytest.raises(ValueError, match=r"unknown data options \['gray'\]"):
         DataOptions.from_dict({"gray": True})
+
+
+def test_has_splits_marks_folders_and_split_less_npz(tmp_path) -> None:
+    from medrobust.data import has_splits
+
+    images, labels = np.zeros((4, 8, 8), np.uint8), np.array([0, 1, 0, 1])
+    np.savez(tmp_path / "flat.npz", images=images, labels=labels)
+    np.savez(tmp_path / "split.npz", train_images=images, train_labels=labels)
+    (tmp_path / "folder" / "a").mkdir(parents=True)
+    assert not has_splits(tmp_path / "flat.npz") and not has_splits(tmp_path / "folder")
+    assert has_splits(tmp_path / "split.npz") and has_splits("breastmnist")
