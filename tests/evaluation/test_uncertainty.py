@@ -167,3 +167,14 @@ def test_fixed_baseline_numbers_and_undefined_estimates() -> None:
     assert estimate(np.array([np.nan, 1.0])).value is None
     wide = estimate(np.array([1.0, 0.5, np.nan, 1.5, 1.0]))
     assert wide.ci95[1] == math.inf  # an undefined resample widens the interval
+
+
+def test_the_baseline_against_itself_is_exactly_100_even_where_a_resample_has_no_error() -> None:
+    """A resample in which the baseline makes no error on a corruption gives 0/0: the baseline's
+    own CE is still exactly 100 there, while another model's positive error over 0 is unbounded."""
+    base = {"a": {1: np.array([0.2, 0.0, 0.1])}}
+    other = {"a": {1: np.array([0.3, 0.1, 0.1])}}
+    own = robustness_replicates(base, base, ["a"], min_denominator=0.01)
+    assert np.array_equal(own.value, [100.0, 100.0, 100.0])
+    mce = robustness_replicates(other, base, ["a"], min_denominator=0.01)
+    assert mce.value[0] == 150.0 and np.isinf(mce.value[1]) and mce.value[2] == 100.0

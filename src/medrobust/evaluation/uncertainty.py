@@ -304,7 +304,10 @@ def robustness_replicates(
             left[c] = (f"baseline {what} {first:.4g} is below {min_denominator:.4g}")
             continue
         with np.errstate(divide="ignore", invalid="ignore"):
-            per[c] = scale * m_mean / b_mean
+            ratio = scale * m_mean / b_mean
+        # An error equal to the baseline's is a ratio of exactly 1, also where both are 0 in a
+        # resample (the baseline against itself); only a positive error over 0 is unbounded.
+        per[c] = np.where(m_mean == b_mean, scale, ratio)
     value = np.mean(list(per.values()), axis=0) if per else None
     return RobustnessReplicates(value=value, per_corruption=per, used=tuple(per),
                                 left_out=left, expected=len(corruptions))
