@@ -8,6 +8,7 @@ from a conftest; each fixture here returns one helper function:
 * ``upsample``: PIL bicubic resize, as MedMNIST+ makes its 224 px images;
 * ``psnr``: PSNR in dB of each image of a uint8 batch to its clean version;
 * ``streams``: per-image random streams (``ImageRandom``) for a batch;
+* ``data_free_streams``: such streams whose device draws hold no data (see ``_DataFreeStreams``);
 * ``pil_pipeline``: the reference datasets' per-image path through a PIL corruption;
 * ``check_contract``: the output contract every corruption function keeps.
 """
@@ -74,6 +75,24 @@ def _streams(
     return ImageRandom.for_images(seed, name, severity, indices)
 
 
+class _DataFreeStreams(ImageRandom):
+    """Streams whose device draws land on the meta device: shapes, no data.
+
+    With images on the meta device too, any read of device data on the host (``.tolist()``,
+    ``.item()``, ``.cpu()``, ``nonzero``, ``torch.equal``) raises, where on a GPU it would
+    stall the host in a sync; draws made through ``on_host()`` come from the CPU streams.
+    """
+
+    def __init__(self, seeds: Iterable[int]) -> None:
+        super().__init__(list(seeds))
+        self.device = torch.device("meta")
+
+
+def _data_free_streams(images: int, name: str, *, seed: int = 0, severity: int = 3) -> ImageRandom:
+    """``_streams`` of ``name`` for ``images`` images, as ``_DataFreeStreams``."""
+    return _DataFreeStreams(_streams(images, name, seed=seed, severity=severity).seeds)
+
+
 def _pil_pipeline(
     images: np.ndarray, corrupt: Callable[[Image.Image], Image.Image | np.ndarray]
 ) -> np.ndarray:
@@ -132,6 +151,11 @@ def psnr() -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
 @pytest.fixture(scope="session")
 def streams() -> Callable[..., ImageRandom]:
     return _streams
+
+
+@pytest.fixture(scope="session")
+def data_free_streams() -> Callable[..., ImageRandom]:
+    return _data_free_streams
 
 
 @pytest.fixture(scope="session")

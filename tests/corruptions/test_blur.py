@@ -18,6 +18,7 @@ from skimage.filters import gaussian as sk_gaussian
 
 from medrobust.corruptions._random import ImageRandom
 from medrobust.corruptions.functional import blur
+from medrobust.corruptions.functional._utils import pad2d
 
 IMAGENET_C = {
     "defocus_blur": [(3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)],
@@ -377,6 +378,39 @@ def test_motion_taps_equal_the_dense_kernel(rgb224: torch.Tensor) -> None:
         ]
     )
     np.testing.assert_allclose(fast.numpy(), dense, atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(5, 1, 28, 28), (2, 3, 224, 224), (3, 3, 31, 17)])
+def test_motion_gathers_equal_the_views_bit_for_bit(shape: tuple[int, ...]) -> None:
+    """The device path (one gather per tap for the batch) adds what the CPU path (views per
+    image) adds, in the same order: the same floats, here run on the CPU."""
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.rand(shape, generator=g) * 255
+    angles = torch.rand(shape[0], generator=g) * 90 - 45
+    for radius, sigma in ((5, 5), (20, 15), (3.5, 2.0)):
+        dy, dx, weights = blur._motion_taps(radius, sigma, angles)
+        pad_h, pad_w = int(dy.abs().max()), int(dx.abs().max())
+        xp = pad2d(x, pad_h, pad_w, "replicate")
+        args = (xp, dy + pad_h, dx + pad_w, weights.tolist(), shape[-2:])
+        assert torch.equal(blur._sum_shifted_gathers(*args), blur._sum_shifted_views(*args))
+
+
+def test_motion_blur_reads_nothing_back_from_the_device(data_free_streams) -> None:
+    """Off the CPU the angles are drawn on the host and the taps gathered on the device: run
+    on data-free (meta) images with data-free device streams, any host read would raise."""
+    images = torch.zeros(3, 3, 64, 64, dtype=torch.uint8, device="meta")
+    out = blur.motion_blur(images, (15, 5), rng=data_free_streams(3, "motion_blur"))
+    assert (out.shape, out.dtype, out.device) == (images.shape, torch.uint8, images.device)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_motion_blur_on_cuda_draws_the_cpu_angles(rgb224: torch.Tensor) -> None:
+    """CUDA streams draw the angles on the host: the CPU's angles, so (up to float rounding of
+    the device's adds) the CPU's images."""
+    rng = ImageRandom.for_images(0, "motion_blur", 3, range(len(rgb224)), "cuda")
+    out = blur.motion_blur(rgb224.cuda(), (15, 5), rng=rng).cpu()
+    cpu = blur.motion_blur(rgb224, (15, 5), rng=ImageRandom.for_images(0, "motion_blur", 3, range(len(rgb224))))
+    assert (out.int() - cpu.int()).abs().max() <= 1
 
 
 @pytest.mark.parametrize("param", [(10, 3), (15, 8), (20, 15), (3, 3)])

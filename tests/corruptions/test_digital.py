@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import itertools
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -177,6 +179,31 @@ def test_empty_batch_and_batch_invariance(fn, param, retina_images: np.ndarray, 
     images = nchw(retina_images)
     one_by_one = torch.cat([fn(images[i : i + 1], param) for i in range(len(images))])
     assert torch.equal(fn(images, param), one_by_one)
+
+
+def test_jpeg_on_threads_gives_the_single_thread_bytes(monkeypatch, retina_images, nchw) -> None:
+    """JPEG chunks run on the thread pool (each encode call waits a little, so that the chunks
+    overlap and several threads take part), with the bytes of one thread, grey and RGB."""
+    encode, threads = digital.encode_jpeg, set()
+
+    def slow_encode(images, quality):
+        threads.add(threading.current_thread().name)
+        time.sleep(0.05)
+        return encode(images, quality=quality)
+
+    rgb = nchw(np.concatenate([retina_images] * 4))
+    saved = torch.get_num_threads()
+    try:
+        for images in (rgb, rgb[:, 1:2].contiguous()):
+            torch.set_num_threads(1)
+            one = jpeg_compression(images, 20)
+            monkeypatch.setattr(digital, "encode_jpeg", slow_encode)
+            torch.set_num_threads(4)
+            assert torch.equal(jpeg_compression(images, 20), one)
+            monkeypatch.setattr(digital, "encode_jpeg", encode)
+    finally:
+        torch.set_num_threads(saved)
+    assert len(threads) > 1, threads
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -429,6 +429,40 @@ def test_characters_grey_uses_the_luma_of_the_colour(nchw):
     assert out.max().item() == 150
 
 
+def test_dense_blending_gives_the_sparse_bytes(rgb224, nchw):
+    """The device path blends every patch pixel (coverage 0 leaves it), the CPU path only the
+    covered ones: the same bytes, grey and RGB, words sticking out of every side included."""
+    words = [
+        [("abcdefgh", -30, 15, 0.9, (200, 10, 90)), ("xyz", 150, 230, 1.2, (5, 250, 5))],
+        [("mmm", 20, 100, 2.0, (0, 255, 0))],
+        [],
+        [("qq", 210, 60, 0.3, (1, 2, 3)), ("w", 100, 100, 0.05, (90, 90, 200)), ("kk", 5, 5, 3.0, (9, 9, 9))],
+    ]
+    for images in (nchw(rgb224), nchw(rgb224)[:, :1].contiguous()):
+        images = images[:4]
+        sparse = medical._draw_words(images, words, dense=False)
+        assert torch.equal(medical._draw_words(images, words, dense=True), sparse)
+        assert not torch.equal(sparse, images)
+
+
+def test_characters_read_nothing_back_from_the_device(data_free_streams):
+    """Off the CPU the words are drawn from host streams and blended densely: on data-free
+    (meta) images with data-free device streams, any host read of device data would raise."""
+    images = torch.zeros(4, 3, 64, 64, dtype=torch.uint8, device="meta")
+    out = characters(images, (6, 10, 0.6), rng=data_free_streams(4, "characters"))
+    assert (out.shape, out.dtype, out.device) == (images.shape, torch.uint8, images.device)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_characters_on_cuda_draw_the_cpu_words(rgb224, nchw):
+    """CUDA streams draw the words on the host: the CPU's words, blended to the CPU's bytes."""
+    images = nchw(rgb224)
+    rng = ImageRandom.for_images(0, "characters", 5, range(len(images)), "cuda")
+    out = characters(images.cuda(), (6, 10, 0.18), rng=rng)
+    expected = characters(images, (6, 10, 0.18), rng=ImageRandom.for_images(0, "characters", 5, range(len(images))))
+    assert torch.equal(out.cpu(), expected)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_gives_the_cpu_bytes_for_the_same_draws(rgb224, nchw, streams):
     """Images on the GPU, random streams on the CPU: every function returns the CPU's bytes."""

@@ -50,3 +50,17 @@ def test_threads_do_not_change_the_bytes(draw: str) -> None:
     finally:
         torch.set_num_threads(previous)
     assert torch.equal(one, two)
+
+
+def test_host_streams_are_the_cpu_streams_and_keep_their_state(data_free_streams) -> None:
+    """On the CPU ``on_host`` is the streams themselves; on another device CPU generators of
+    the same seeds, made once, so consecutive calls continue the stream as on the CPU."""
+    cpu = ImageRandom([3, 4])
+    assert cpu.on_host() is cpu
+    device = data_free_streams(2, "characters")
+    host = device.on_host()
+    assert host is device.on_host() and host.device.type == "cpu"
+    reference = ImageRandom(device.seeds)
+    for _ in range(2):
+        assert torch.equal(device.on_host().uniform((5,)), reference.uniform((5,)))
+    assert device.uniform((5,)).device.type == "meta"

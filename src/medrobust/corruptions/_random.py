@@ -38,6 +38,7 @@ class ImageRandom:
         self._generators = [
             torch.Generator(device=self.device).manual_seed(s) for s in self.seeds
         ]
+        self._host: ImageRandom | None = None
 
     @classmethod
     def for_images(
@@ -53,6 +54,19 @@ class ImageRandom:
 
     def __len__(self) -> int:
         return len(self._generators)
+
+    def on_host(self) -> ImageRandom:
+        """The streams for draws needed on the host (angles, words, counts): ``self`` on the CPU.
+
+        On another device, CPU generators with the same seeds (made once, so that their state
+        carries from call to call): such draws then cost no device sync, and give what the
+        CPU gives.
+        """
+        if self.device.type == "cpu":
+            return self
+        if self._host is None:
+            self._host = ImageRandom(self.seeds)
+        return self._host
 
     def _rows(self, out: torch.Tensor, fill: Callable[[int], None]) -> torch.Tensor:
         """Call ``fill(i)`` for every row, on several CPU threads when rows are large."""

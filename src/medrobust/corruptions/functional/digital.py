@@ -10,11 +10,12 @@ planes), 2x faster than the index_add_ and column gathers.
 
 ``jpeg_compression`` uses torchvision's libjpeg encoder and decoder, which write the same bytes
 as ``PIL.Image.save(..., 'JPEG', quality=q)`` (baseline, 4:2:0 chroma subsampling, the IJG
-quality-scaled tables) and decode them identically.
+quality-scaled tables) and decode them identically, on ``torch.get_num_threads()`` threads.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from functools import lru_cache
@@ -40,6 +41,8 @@ _PRECISION_BITS = 32 - 8 - 2  # Resample.c: fixed-point precision of 8-bit resam
 _CHUNK_ELEMENTS = 1 << 19
 # CPU (NumPy) path: input plane elements per chunk
 _CPU_CHUNK_PLANE_ELEMENTS = 1 << 19
+# JPEG: at most this many images per chunk of the thread pool
+_JPEG_CHUNK_IMAGES = 16
 # added before OpenCV's round-half-to-even so that exact halves round up, as Pillow's do
 _HALF_UP = 2.0**-10
 
@@ -338,21 +341,47 @@ def pixelate_nearest(images: torch.Tensor, factor: float) -> torch.Tensor:
     return _pixelate(images, factor, _nearest_resize)
 
 
+def _jpeg_host(images: torch.Tensor, quality: int, out: torch.Tensor) -> None:
+    """Encode and decode uint8 CPU ``images`` into ``out`` image by image, in chunks spread
+    over the thread pool (libjpeg releases the GIL); each image is coded alone, so the bytes
+    do not depend on the chunks or the thread count."""
+    n = images.shape[0]
+    step = max(1, min(_JPEG_CHUNK_IMAGES, math.ceil(n / torch.get_num_threads())))
+
+    def run(sl: slice) -> None:
+        for i, data in zip(range(sl.start, sl.stop), encode_jpeg(list(images[sl]), quality=quality), strict=True):
+            out[i] = decode_jpeg(data)
+
+    with warnings.catch_warnings():
+        # torchvision 0.29 flags its image codecs as deprecated in favour of TorchCodec; they
+        # are kept because they write the same bytes as PIL
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
+        run_chunks(run, [slice(i, min(i + step, n)) for i in range(0, n, step)])
+
+
 def jpeg_compression(images: torch.Tensor, quality: int) -> torch.Tensor:
     """JPEG encode at ``quality`` and decode, byte-identical to PIL's default JPEG save.
 
     RGB images are 4:2:0 YCbCr JPEGs; grey images are 1-channel JPEGs, which decode to exactly
-    what the reference's grey -> RGB -> JPEG -> ``convert('L')`` gives. Encoding runs on CPU
-    (libjpeg); CUDA input is copied there and back.
+    what the reference's grey -> RGB -> JPEG -> ``convert('L')`` gives. Coding runs on the
+    CPU (libjpeg, ``_jpeg_host``); CUDA input goes there and back through pinned memory, the
+    copy back not blocking the host.
     """
     check_images(images)
     quality = check_int("quality", quality, low=1, high=100)
     if images.shape[0] == 0:
         return images.clone()
-    cpu = images.cpu().contiguous()
-    with warnings.catch_warnings():
-        # torchvision 0.29 flags its image codecs as deprecated in favour of TorchCodec; they
-        # are kept because they write the same bytes as PIL, in one batched call
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
-        decoded = decode_jpeg(encode_jpeg(list(cpu), quality=quality))
-    return torch.stack(decoded).to(images.device)
+    if images.device.type != "cuda":
+        out = torch.empty(images.shape, dtype=torch.uint8)
+        _jpeg_host(images.cpu().contiguous(), quality, out)
+        return out.to(images.device)
+    host = torch.empty(images.shape, dtype=torch.uint8, pin_memory=True)
+    host.copy_(images, non_blocking=True)
+    # the copy is queued on the current stream: wait for it (only) before libjpeg reads it
+    copied = torch.cuda.Event()
+    copied.record(torch.cuda.current_stream(images.device))
+    copied.synchronize()
+    out = torch.empty(images.shape, dtype=torch.uint8, pin_memory=True)
+    _jpeg_host(host, quality, out)
+    # pinned memory allocated by torch is kept until the copy has read it
+    return out.to(images.device, non_blocking=True)

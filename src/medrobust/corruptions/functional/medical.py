@@ -86,16 +86,17 @@ def _blend_pixels(
 ) -> None:
     """Blend some pixels of ``out`` (N, C, H, W) toward ``target`` in place: p + (t - p) * alpha.
 
-    ``first_channel`` holds the flat indices of the pixels' channel 0, ``alpha`` (K, 1) in [0, 1].
-    Rounds to nearest, as PIL's paste and OpenCV's anti-aliasing do. Flat index_select /
-    index_copy_ are much faster than multi-dimensional advanced indexing.
+    ``first_channel`` holds the flat indices of the pixels' channel 0 (any shape S, no index
+    twice), ``alpha`` and ``target`` broadcast to (*S, C); alpha in [0, 1], 0 leaves a pixel
+    as it is. Rounds to nearest, as PIL's paste and OpenCV's anti-aliasing do. Flat
+    index_select / index_copy_ are much faster than multi-dimensional advanced indexing.
     """
     c, plane = out.shape[1], out.shape[2] * out.shape[3]
-    index = (first_channel[:, None] + torch.arange(c, device=out.device) * plane).view(-1)
+    index = first_channel[..., None] + torch.arange(c, device=out.device) * plane
     flat = out.view(-1)
-    pixels = flat.index_select(0, index).view(-1, c).to(torch.float32)
+    pixels = flat.index_select(0, index.view(-1)).view(index.shape).to(torch.float32)
     blended = pixels + (target - pixels) * alpha + 0.5
-    flat.index_copy_(0, index, blended.to(torch.uint8).view(-1))
+    flat.index_copy_(0, index.view(-1), blended.to(torch.uint8).view(-1))
 
 
 def _uniform_int(u: torch.Tensor, low: torch.Tensor | int, high: torch.Tensor) -> torch.Tensor:
@@ -433,19 +434,23 @@ def _word_coverage(text: str, scale: float, box: _WordBox, out: np.ndarray) -> N
     )
 
 
-def _draw_words(images: torch.Tensor, words: list[list[Word]]) -> torch.Tensor:
-    """Draw anti-aliased Hershey text like cv2.putText(..., thickness 1, LINE_AA), batched.
+def _clip_corner(corner: int, size: int, extent: int) -> int:
+    """Where a patch of ``size`` (at most ``extent``) starts so that it lies in ``[0, extent)``
+    and still holds every in-image pixel of the patch that started at ``corner``."""
+    return min(max(corner, 0), extent - size)
 
-    OpenCV rasterises each word as white-on-black coverage in a small patch (CPU, the only
-    per-word work); the patches are blended on the images' device, one word slot at a time so
-    that later words lie on top, as when drawing in sequence.
+
+def _word_patches(words: list[list[Word]], h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rasterise every word on the host: coverage (slots, N, ph, pw) uint8, corners (2, slots, N)
+    and colours (slots, N, 3) uint8, word slot j of image i at ``[j, i]``.
+
+    A word is drawn white on black at the top left of a patch the size of the largest word's,
+    as cv2 draws it; the patch is then moved inside the image (``_clip_corner``), its pixels
+    outside cut off, so that every patch pixel is an image pixel and the device blends them
+    all without masks (coverage 0 leaves a pixel as it is).
     """
-    n, c, h, w = images.shape
-    device = images.device
-    out = images.clone(memory_format=torch.contiguous_format)
-    slots = max((len(ws) for ws in words), default=0)
-    if slots == 0:
-        return out
+    n = len(words)
+    slots = max(len(ws) for ws in words)
     boxes = {
         (i, j): _word_box(text, x, y, scale)
         for i, ws in enumerate(words)
@@ -453,31 +458,65 @@ def _draw_words(images: torch.Tensor, words: list[list[Word]]) -> torch.Tensor:
     }
     ph = max(box.height for box in boxes.values())
     pw = max(box.width for box in boxes.values())
-    coverage = np.zeros((slots, n, ph, pw), dtype=np.uint8)
+    qh, qw = min(ph, h), min(pw, w)
+    coverage = np.zeros((slots, n, qh, qw), dtype=np.uint8)
     corner = np.zeros((2, slots, n), dtype=np.int64)
     colours = np.zeros((slots, n, 3), dtype=np.uint8)
+    drawn = np.empty((ph, pw), dtype=np.uint8)
     for (i, j), box in boxes.items():
         text, _, _, scale, colour = words[i][j]
-        _word_coverage(text, scale, box, coverage[j, i])
-        corner[:, j, i] = box.top, box.left
+        drawn.fill(0)
+        _word_coverage(text, scale, box, drawn)
+        top, left = _clip_corner(box.top, qh, h), _clip_corner(box.left, qw, w)
+        # image rows top..top + qh - 1 are drawn rows top - box.top.., where they exist
+        r0, c0 = max(top - box.top, 0), max(left - box.left, 0)
+        r1, c1 = min(top + qh - box.top, ph), min(left + qw - box.left, pw)
+        if r0 < r1 and c0 < c1:
+            dst_r, dst_c = box.top + r0 - top, box.left + c0 - left
+            coverage[j, i, dst_r : dst_r + r1 - r0, dst_c : dst_c + c1 - c0] = drawn[r0:r1, c0:c1]
+        corner[:, j, i] = top, left
         colours[j, i] = colour
+    return coverage, corner, colours
 
-    alpha_all = torch.from_numpy(coverage).to(device)
-    corner_all = torch.from_numpy(corner).to(device)
+
+def _draw_words(
+    images: torch.Tensor, words: list[list[Word]], *, dense: bool | None = None
+) -> torch.Tensor:
+    """Draw anti-aliased Hershey text like cv2.putText(..., thickness 1, LINE_AA), batched.
+
+    OpenCV rasterises each word as white-on-black coverage in a small patch (host, the only
+    per-word work, ``_word_patches``); the patches are blended on the images' device, one
+    word slot at a time so that later words lie on top, as when drawing in sequence.
+    ``dense`` (default: off the CPU) blends every patch pixel, with no data-dependent shape
+    and so no host sync; otherwise only the covered ones, fewer operations on the CPU. Both
+    give the same bytes.
+    """
+    n, c, h, w = images.shape
+    device = images.device
+    dense = device.type != "cpu" if dense is None else dense
+    out = images.clone(memory_format=torch.contiguous_format)
+    if max((len(ws) for ws in words), default=0) == 0:
+        return out
+    coverage, corner, colours = _word_patches(words, h, w)
+    slots, _, ph, pw = coverage.shape
+    alpha_all = torch.from_numpy(coverage).to(device, non_blocking=True)  # pageable: staged now
+    corner_all = torch.from_numpy(corner).to(device, non_blocking=True)
     colour_all = torch.from_numpy(colours)
     if c == 1:  # the colour's luma, as drawing in RGB and converting to L gives
         colour_all = rgb_to_l(colour_all.view(-1, 3, 1, 1)).view(slots, n, 1)
-    colour_all = colour_all.to(device, torch.float32)
-    rows, cols = torch.arange(ph, device=device), torch.arange(pw, device=device)
+    colour_all = colour_all.to(device, torch.float32, non_blocking=True)
+    rows = torch.arange(ph, device=device) * w
+    cols = torch.arange(pw, device=device)
+    image = torch.arange(n, device=device) * (c * h * w)
     for j in range(slots):
-        ys = corner_all[0, j, :, None] + rows
-        xs = corner_all[1, j, :, None] + cols
-        keep = (alpha_all[j] > 0) & ((ys >= 0) & (ys < h))[:, :, None]
-        keep &= ((xs >= 0) & (xs < w))[:, None, :]
-        img, py, px = keep.nonzero(as_tuple=True)
-        first_channel = img * (c * h * w) + ys[img, py] * w + xs[img, px]
-        alpha = alpha_all[j, img, py, px].to(torch.float32)[:, None] / 255.0
-        _blend_pixels(out, first_channel, colour_all[j, img], alpha)
+        top = image + corner_all[0, j] * w
+        first_channel = (top[:, None] + rows)[:, :, None] + (corner_all[1, j, :, None] + cols)[:, None]
+        first_channel, alpha = first_channel.view(n, ph * pw), alpha_all[j].view(n, ph * pw)
+        target = colour_all[j, :, None]
+        if not dense:
+            img, pixel = alpha.nonzero(as_tuple=True)
+            first_channel, alpha, target = first_channel[img, pixel], alpha[img, pixel], colour_all[j, img]
+        _blend_pixels(out, first_channel, target, alpha.to(torch.float32)[..., None] / 255.0)
     return out
 
 
@@ -510,14 +549,15 @@ def characters(
     margin_x = min(margin_x, w - letter_width)
     letters_hi = max(1, min(max_letters, (w - margin_x) // letter_width))
 
-    count = rng.integers(1, max_words).tolist()
-    n_letters = rng.integers(min(_MIN_LETTERS, letters_hi), letters_hi, (max_words,))
+    host = rng.on_host()  # the words are rasterised on the host: no device sync for them
+    count = host.integers(1, max_words).tolist()
+    n_letters = host.integers(min(_MIN_LETTERS, letters_hi), letters_hi, (max_words,))
     scale_lo = min(_MIN_FONT_SCALE_STEPS, scale_hi)
-    scale_steps = rng.integers(scale_lo, scale_hi, (max_words,)).tolist()
-    letters = rng.integers(0, 25, (max_words, letters_hi)).tolist()
-    colour = rng.integers(0, 255, (max_words, 3)).tolist()
-    x = _uniform_int(rng.uniform((max_words,)), margin_x, w - letter_width * n_letters).tolist()
-    y = rng.integers(margin_y, max(h - margin_y, margin_y), (max_words,)).tolist()
+    scale_steps = host.integers(scale_lo, scale_hi, (max_words,)).tolist()
+    letters = host.integers(0, 25, (max_words, letters_hi)).tolist()
+    colour = host.integers(0, 255, (max_words, 3)).tolist()
+    x = _uniform_int(host.uniform((max_words,)), margin_x, w - letter_width * n_letters).tolist()
+    y = host.integers(margin_y, max(h - margin_y, margin_y), (max_words,)).tolist()
     n_letters = n_letters.tolist()
 
     words = [
