@@ -1,9 +1,9 @@
-"""Outputs of the corruptions whose device paths were reworked (JPEG, motion blur, characters),
-pinned as SHA-256 prefixes of seeded batches.
+"""Outputs of the corruptions whose device paths were reworked (JPEG, motion blur, characters,
+snow), pinned as SHA-256 prefixes of seeded batches.
 
 The hashes were computed with main's code at 652455e, before the rework (thread pool for JPEG,
-host-drawn angles and per-tap gathers for motion blur, host-drawn word parameters for
-characters), on the library versions in ``STACK``: they prove that the CPU output did not
+host-drawn angles and per-tap gathers for motion blur and snow, host-drawn word parameters
+for characters), on the library versions in ``STACK``: they prove that the CPU output did not
 change by a byte, at 1 and 2 threads. Other versions of torch, torchvision or OpenCV may
 round or encode differently, so there the test is skipped rather than pinned to a guess.
 """
@@ -21,10 +21,12 @@ from medrobust.corruptions._random import ImageRandom
 from medrobust.corruptions.functional.blur import motion_blur
 from medrobust.corruptions.functional.digital import jpeg_compression
 from medrobust.corruptions.functional.medical import characters
+from medrobust.corruptions.functional.weather import snow
 
 STACK = {"torch": "2.14.1+cu130", "torchvision": "0.29.1+cu130", "cv2": "5.1.0"}
 MOTION = ((5, 5), (20, 15), (3.5, 2.0))
 CHARACTERS = ((1, 6, 0.14), (6, 10, 0.18), (4, 9, 0.6))
+SNOW = ((0.1, 0.3, 3, 0.5, 10, 4, 0.8), (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55))
 PINNED = {
     "jpeg c1 s28 q50": "7609538e903347a7",
     "jpeg c1 s28 q7": "32841e6888fd9186",
@@ -58,6 +60,14 @@ PINNED = {
     "characters c3 s224 (1, 6, 0.14)": "fea52f957d38c8a8",
     "characters c3 s224 (6, 10, 0.18)": "222bf7339083f1d4",
     "characters c3 s224 (4, 9, 0.6)": "b032af787b9fa401",
+    "snow c1 s28 (0.1, 0.3, 3, 0.5, 10, 4, 0.8)": "13cbf3b741d18487",
+    "snow c1 s28 (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55)": "f22fb253f8709e68",
+    "snow c1 s224 (0.1, 0.3, 3, 0.5, 10, 4, 0.8)": "8d175d8f261e432e",
+    "snow c1 s224 (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55)": "5f0bdd6fcda2459c",
+    "snow c3 s28 (0.1, 0.3, 3, 0.5, 10, 4, 0.8)": "eca90ff9940c15e1",
+    "snow c3 s28 (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55)": "e54444b1f2a51078",
+    "snow c3 s224 (0.1, 0.3, 3, 0.5, 10, 4, 0.8)": "13a52e7131130fca",
+    "snow c3 s224 (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55)": "17f474b3d2eb025f",
 }
 
 pytestmark = pytest.mark.skipif(
@@ -96,6 +106,8 @@ def _outputs() -> dict[str, str]:
             for sev, p in enumerate(CHARACTERS):
                 y = characters(x, p, rng=_rng(6, "characters", sev))
                 out[f"characters c{c} s{size} {p}"] = _hash(y)
+            for sev, p in enumerate(SNOW):
+                out[f"snow c{c} s{size} {p}"] = _hash(snow(x, p, rng=_rng(6, "snow", sev)))
     return out
 
 

@@ -289,8 +289,8 @@ def snow(images: torch.Tensor, param: tuple[float, ...], *, rng: ImageRandom) ->
     ``param = (loc, scale, zoom, threshold, radius, sigma, blend)``: a snow layer
     ``N(loc, scale)`` on the image grid is zoomed by ``zoom`` (``clipped_zoom``), cut below
     ``threshold``, clipped to [0, 1], motion-blurred (``radius``, ``sigma``, angle ~
-    U(-135, -45) degrees, edge pixels repeated; ``blur.apply_motion_blur``) and rounded to
-    1/255. The image is whitened, ``blend x + (1 - blend) max(x, 1.5 grey(x) + 0.5)``, and the
+    U(-135, -45) degrees drawn on the host, edge pixels repeated; ``blur.apply_motion_blur``)
+    and rounded to 1/255. The image is whitened, ``blend x + (1 - blend) max(x, 1.5 grey(x) + 0.5)``, and the
     layer and its 180 degree rotation are added.
     """
     check_images(images)
@@ -300,7 +300,7 @@ def snow(images: torch.Tensor, param: tuple[float, ...], *, rng: ImageRandom) ->
         raise ValueError(f"snow needs scale >= 0, zoom >= 1, radius > 0 and sigma > 0, got {param!r}")
     h, w = images.shape[-2:]
     noise = rng.normal((1, h, w)).to(images.device)
-    angles = rng.uniform((), -135.0, -45.0).to(images.device)
+    angles = rng.on_host().uniform((), -135.0, -45.0)  # the blur plans its taps on the host
 
     def run(part: torch.Tensor, part_noise: torch.Tensor, part_angles: torch.Tensor) -> torch.Tensor:
         layer = clipped_zoom(loc + scale * part_noise, zoom, trim=False)
