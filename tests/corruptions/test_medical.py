@@ -445,11 +445,41 @@ def test_dense_blending_gives_the_sparse_bytes(rgb224, nchw):
         assert not torch.equal(sparse, images)
 
 
-def test_characters_read_nothing_back_from_the_device(data_free_streams):
-    """Off the CPU the words are drawn from host streams and blended densely: on data-free
+@pytest.mark.parametrize("size", [28, 224])
+def test_dense_stains_and_bubbles_give_the_sparse_bytes(size, rgb224, nchw, monkeypatch, streams):
+    """Off the CPU stains and bubbles touch every pixel (no nonzero), on the CPU the covered
+    ones: the same bytes, here both on the CPU, inks larger than the image included."""
+    images = torch.nn.functional.interpolate(nchw(rgb224)[:4].float(), size=size).to(torch.uint8)
+
+    def both() -> list[torch.Tensor]:
+        return [
+            stain_deposit(images, 5, rng=streams(4, "stain", severity=5), ink_size=42),
+            stain_deposit(images[:, :1], 3, rng=streams(4, "stain", severity=2), ink_size=30),
+            bubble(images, (17, 25), rng=streams(4, "bubble", severity=5)),
+            bubble(images[:, :1], (3, 40), rng=streams(4, "bubble", severity=1)),
+        ]
+
+    sparse = both()
+    monkeypatch.setattr(medical, "_stain_sparse", medical._stain_dense)
+    monkeypatch.setattr(medical, "_blend_bubbles_sparse", medical._blend_bubbles_dense)
+    for dense, expected in zip(both(), sparse, strict=True):
+        assert torch.equal(dense, expected)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda x, rng: stain_deposit(x, 5, rng=rng, ink_size=42),
+        lambda x, rng: bubble(x, (17, 25), rng=rng),
+        lambda x, rng: characters(x, (6, 10, 0.6), rng=rng),
+    ],
+    ids=["stain_deposit", "bubble", "characters"],
+)
+def test_medical_corruptions_read_nothing_back_from_the_device(call, data_free_streams):
+    """Off the CPU no shape depends on the data and words come from host streams: on data-free
     (meta) images with data-free device streams, any host read of device data would raise."""
     images = torch.zeros(4, 3, 64, 64, dtype=torch.uint8, device="meta")
-    out = characters(images, (6, 10, 0.6), rng=data_free_streams(4, "characters"))
+    out = call(images, data_free_streams(4, "medical"))
     assert (out.shape, out.dtype, out.device) == (images.shape, torch.uint8, images.device)
 
 

@@ -207,7 +207,7 @@ def stain_deposit(
     check_images(images)
     check_rng(rng, images)
     max_marks, ink_size = _stain_param(max_marks, ink_size)
-    n, c, h, w = images.shape
+    _, _, h, w = images.shape
     device = images.device
 
     def corner_range(extent: int) -> tuple[int, int]:
@@ -220,21 +220,60 @@ def stain_deposit(
     top = rng.integers(y_lo, y_hi, (max_marks,)).to(device)
     left = rng.integers(x_lo, x_hi, (max_marks,)).to(device)
 
-    masks = _ink_masks(ink_size, device)
-    drawn = torch.arange(max_marks, device=device) < count[:, None]
+    marks = _Marks(_ink_masks(ink_size, device), variant, top, left, count)
+    return (_stain_sparse if device.type == "cpu" else _stain_dense)(images, marks)
+
+
+class _Marks(NamedTuple):
+    """Stain marks of a batch: ink masks (10, s, s) and per image and mark (N, M) the mask
+    variant, top-left corner; ``count`` (N,) marks drawn per image (the first ones)."""
+
+    masks: torch.Tensor
+    variant: torch.Tensor
+    top: torch.Tensor
+    left: torch.Tensor
+    count: torch.Tensor
+
+    def chunks(self, n: int) -> list[torch.Tensor]:
+        """Mark numbers in chunks whose inks hold about ``_CHUNK_ELEMENTS`` pixels."""
+        m, size = self.variant.shape[1], self.masks.shape[-1]
+        return list(torch.arange(m, device=self.masks.device).split(chunk_length(m, n * size**2, _CHUNK_ELEMENTS)))
+
+    def inks(self, part: torch.Tensor) -> torch.Tensor:
+        """(N, len(part), s, s) bool: the ink of each drawn mark of ``part``."""
+        drawn = part < self.count[:, None]
+        return self.masks[self.variant[:, part]] & drawn[:, :, None, None]
+
+
+def _stain_sparse(images: torch.Tensor, marks: _Marks) -> torch.Tensor:
+    """Zero the covered pixels, found with ``nonzero`` (on the CPU: fewer operations)."""
+    n, c, h, w = images.shape
     out = images.clone(memory_format=torch.contiguous_format)
-    marks_per_chunk = chunk_length(max_marks, n * ink_size**2, _CHUNK_ELEMENTS)
-    for part in torch.arange(max_marks, device=device).split(marks_per_chunk):
-        inks = masks[variant[:, part]] & drawn[:, part, None, None]
-        img, mark, dy, dx = inks.nonzero(as_tuple=True)
+    channels = torch.arange(c, device=images.device) * (h * w)
+    for part in marks.chunks(n):
+        img, mark, dy, dx = marks.inks(part).nonzero(as_tuple=True)
         mark = part[mark]
-        y, x = top[img, mark] + dy, left[img, mark] + dx
+        y, x = marks.top[img, mark] + dy, marks.left[img, mark] + dx
         inside = (y < h) & (x < w)  # only inks larger than the image stick out
         pixel = (img * (c * h * w) + y * w + x)[inside]
-        index = (pixel[:, None] + torch.arange(c, device=device) * (h * w)).view(-1)
         # only covered pixels are written, all with 0: repeated indices are harmless
-        out.view(-1).index_fill_(0, index, 0)
+        out.view(-1).index_fill_(0, (pixel[:, None] + channels).view(-1), 0)
     return out
+
+
+def _stain_dense(images: torch.Tensor, marks: _Marks) -> torch.Tensor:
+    """``_stain_sparse`` without data-dependent shapes (no host sync): every ink is scattered
+    with ``amax`` into a cover canvas padded by the ink size, then the covered pixels zeroed."""
+    _, _, h, w = images.shape
+    n, size = marks.variant.shape[0], marks.masks.shape[-1]
+    hp, wp = h + size, w + size
+    device = marks.masks.device
+    patch = (torch.arange(size, device=device)[:, None] * wp + torch.arange(size, device=device)).view(-1)
+    canvas = torch.zeros(n, hp * wp, dtype=torch.uint8, device=device)
+    for part in marks.chunks(n):
+        index = (marks.top[:, part] * wp + marks.left[:, part])[:, :, None] + patch
+        canvas.scatter_reduce_(1, index.flatten(1), marks.inks(part).to(torch.uint8).flatten(1), "amax")
+    return images.masked_fill(canvas.view(n, 1, hp, wp)[..., :h, :w].bool(), 0)
 
 
 # ----------------------------------------------------------------------------- bubble
@@ -311,10 +350,19 @@ def _composite_bubbles(
 ) -> torch.Tensor:
     """Paste white bubbles (N, B geometry) like PIL ``paste(overlay, mask=overlay)``, exactly.
 
-    PIL's blend is round((p * (255 - a) + 255 * a) / 255); only covered pixels are touched.
+    PIL's blend is round((p * (255 - a) + 255 * a) / 255), of the covered pixels only on the
+    CPU (``_blend_bubbles_sparse``), of all elsewhere (``_blend_bubbles_dense``).
     """
-    _, c, h, w = images.shape
+    _, _, h, w = images.shape
     code = _bubble_code_map(h, w, centre_y, centre_x, radius, valid, rim, max_radius).view(-1)
+    blend = _blend_bubbles_sparse if images.device.type == "cpu" else _blend_bubbles_dense
+    return blend(images, code)
+
+
+def _blend_bubbles_sparse(images: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+    """Blend the pixels of the bubble ``code`` map (N H W) that a bubble covers, found with
+    ``nonzero``."""
+    _, c, h, w = images.shape
     covered = code.nonzero().squeeze(1)
     interior = (code.index_select(0, covered) & 1).bool()
     alpha = torch.where(interior, _BUBBLE_ALPHA_INNER / 255.0, _BUBBLE_ALPHA_RIM / 255.0)
@@ -322,6 +370,16 @@ def _composite_bubbles(
     out = images.clone(memory_format=torch.contiguous_format)
     _blend_pixels(out, first_channel, 255.0, alpha[:, None])
     return out
+
+
+def _blend_bubbles_dense(images: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+    """``_blend_bubbles_sparse`` over every pixel, uncovered ones with alpha 0 (left as they
+    are): the same arithmetic, no data-dependent shape (no host sync)."""
+    n, c, h, w = images.shape
+    alpha = torch.where(code & 1 == 1, _BUBBLE_ALPHA_INNER / 255.0, _BUBBLE_ALPHA_RIM / 255.0)
+    alpha = alpha.masked_fill_(code == 0, 0.0).view(n, 1, h * w)
+    pixels = images.reshape(n, c, h * w).to(torch.float32)
+    return (pixels + (255.0 - pixels) * alpha + 0.5).to(torch.uint8).view(n, c, h, w)
 
 
 def bubble(images: torch.Tensor, param: tuple[int, int], *, rng: ImageRandom) -> torch.Tensor:
