@@ -538,6 +538,30 @@ def test_glass_shuffle_is_the_sequential_loop(
         np.testing.assert_array_equal(nhwc(ours)[i], ref)
 
 
+def test_glass_fixed_rounds_give_the_chain_ends_of_the_stopping_rule(rgb224, monkeypatch) -> None:
+    """Off the CPU the pointer doubling runs a fixed ceil(log2 M) rounds instead of testing for
+    the end on the host: on random chains (long ones included) and in glass blur, the same."""
+    g = torch.Generator().manual_seed(5)
+    for m in (1, 2, 7, 1000):
+        parent = (torch.rand(4, m, generator=g) * torch.arange(m)).long()  # links to lower indices
+        parent[:, ::3] = torch.arange(m)[::3]  # some chain ends
+        parent[0] = torch.arange(m) - 1  # one chain through everything
+        parent[0, 0] = 0
+        assert torch.equal(blur._chain_ends(parent, fixed_rounds=True), blur._chain_ends(parent, fixed_rounds=False))
+    images = rgb224[:2, :, :96, :96].contiguous()
+    expected = blur.glass_blur(images, (0.7, 2, 2), rng=ImageRandom.for_images(0, "glass_blur", 3, range(2)))
+    stopping = blur._chain_ends
+    monkeypatch.setattr(blur, "_chain_ends", lambda jump, fixed_rounds: stopping(jump, fixed_rounds=True))
+    out = blur.glass_blur(images, (0.7, 2, 2), rng=ImageRandom.for_images(0, "glass_blur", 3, range(2)))
+    assert torch.equal(out, expected)
+
+
+def test_glass_blur_reads_nothing_back_from_the_device(data_free_streams) -> None:
+    images = torch.zeros(3, 3, 64, 64, dtype=torch.uint8, device="meta")
+    out = blur.glass_blur(images, (0.7, 1, 2), rng=data_free_streams(3, "glass_blur"))
+    assert (out.shape, out.dtype, out.device) == (images.shape, torch.uint8, images.device)
+
+
 def test_glass_blur_psnr_matches_imagenet_c(
     breast_images: np.ndarray, retina_images: np.ndarray, nchw, nhwc, upsample, psnr
 ) -> None:

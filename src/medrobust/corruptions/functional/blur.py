@@ -569,6 +569,24 @@ def scale_gaussian_blur_kernel(param: int, factor: float) -> int:
 # ----------------------------------------------------------------------------- glass
 
 
+def _chain_ends(jump: torch.Tensor, *, fixed_rounds: bool) -> torch.Tensor:
+    """Pointer doubling along acyclic copy chains (N, M): where each one ends.
+
+    Until nothing changes (a host read per round), or with ``fixed_rounds`` (off the CPU,
+    no host sync) ceil(log2 M) rounds: a chain has fewer than M links, and once at its end a
+    round changes nothing, so both give the same result.
+    """
+    if fixed_rounds:
+        for _ in range(max(1, (jump.shape[1] - 1).bit_length())):
+            jump = jump.gather(1, jump)
+        return jump
+    while True:
+        nxt = jump.gather(1, jump)
+        if torch.equal(nxt, jump):
+            return jump
+        jump = nxt
+
+
 def _glass_shuffle(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, delta: int) -> torch.Tensor:
     """The ImageNet-C glass-blur pixel loop, computed exactly without a per-pixel loop.
 
@@ -595,11 +613,7 @@ def _glass_shuffle(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, delta: i
         inner_source = ((src_row - delta - 1) * wi + src_col - delta - 1).reshape(n, m)
         # where(visited, inner_source, own), branch-free (torch.where is slow on random masks)
         jump = (inner_source - own).mul_(visited.reshape(n, m)).add_(own)
-        while True:
-            nxt = jump.gather(1, jump)
-            if torch.equal(nxt, jump):
-                break
-            jump = nxt
+        jump = _chain_ends(jump, fixed_rounds=dev.type != "cpu")
         shuffled = source.gather(1, jump).view(n, hi, wi)
         step = torch.arange(h * w, device=dev).repeat(n, 1)
         step.view(n, h, w)[:, delta + 1 : h - delta + 1, delta + 1 : w - delta + 1] = shuffled
