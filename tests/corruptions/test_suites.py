@@ -156,3 +156,42 @@ def test_functions_registry_is_complete():
     used = {e.function for d in medmnist_c_datasets() for e in get_suite("medmnist-c", d).entries.values()}
     used |= {e.function for e in get_suite("imagenet-c").entries.values()}
     assert used <= set(list_functions())
+
+
+HOST_READS = {
+    "jpeg_compression": "libjpeg codes on the host: the batch goes there and back",
+    "spatter": "Canny's edge candidates (water, severities 1-3) are found with nonzero",
+}
+"""Corruption functions that still read device data on the host, and why."""
+
+
+def _one_entry_per_function() -> dict[str, tuple[str, object]]:
+    """(suite, dataset) and suite entry of each corruption function the suites use."""
+    entries = {}
+    for suite in ("imagenet-c", "medimeta-c"):
+        for entry in get_suite(suite).entries.values():
+            entries.setdefault(entry.function, (suite, entry))
+    for dataset in medmnist_c_datasets():
+        for entry in get_suite("medmnist-c", dataset).entries.values():
+            entries.setdefault(entry.function, (f"medmnist-c/{dataset}", entry))
+    return entries
+
+
+@pytest.mark.parametrize("function", sorted(_one_entry_per_function()))
+def test_device_paths_read_nothing_back(function, data_free_streams):
+    """Every corruption runs on data-free (meta) images with data-free device streams, where a
+    host read of device data (.tolist, .item, .cpu, nonzero, torch.equal: a sync that stalls
+    a GPU) raises; the functions in ``HOST_READS`` still read, and are checked to.
+    (Blocking host-to-device copies do not show here: they are found by review.)"""
+    _, entry = _one_entry_per_function()[function]
+    images = torch.zeros(2, 3, 224, 224, dtype=torch.uint8, device="meta")
+    rng = data_free_streams(2, function)
+    raised = []
+    for severity in range(1, 6):
+        try:
+            out = entry.apply(images, severity, rng=rng)
+        except NotImplementedError:  # meta tensors have no data to read back
+            raised.append(severity)
+            continue
+        assert (out.shape, out.dtype, out.device) == (images.shape, torch.uint8, images.device)
+    assert bool(raised) == (function in HOST_READS), raised

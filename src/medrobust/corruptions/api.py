@@ -208,7 +208,7 @@ class RandomCorruption(nn.Module):
                 if members.numel() == 0:
                     continue
                 rng = ImageRandom(seeds[members].tolist(), images.device)
-                members = members.to(images.device)
+                members = members.to(images.device, non_blocking=True)  # pageable: staged now, no sync
                 out[members] = self.suite[name].apply(images[members], s, rng=rng, size_factor=factor)
         return out
 

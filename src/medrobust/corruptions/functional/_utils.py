@@ -401,9 +401,10 @@ def separable_filter(
         and taps_h.numel() // 2 < h and taps_w.numel() // 2 < w
     ):
         return _separable_filter_cv2(x, taps_h, taps_w, mode)
-    # the matrices are built in float64 on CPU (MPS has no float64), then cast to x's dtype
-    mw = filter_matrix(taps_w.to("cpu", torch.float64), w, mode).to(x.device, x.dtype)
-    mh = filter_matrix(taps_h.to("cpu", torch.float64), h, mode).to(x.device, x.dtype)
+    # the matrices are built in float64 on CPU (MPS has no float64), then cast to x's dtype and
+    # copied without blocking (pageable memory is staged at once: no device sync)
+    mw = filter_matrix(taps_w.to("cpu", torch.float64), w, mode).to(x.dtype).to(x.device, non_blocking=True)
+    mh = filter_matrix(taps_h.to("cpu", torch.float64), h, mode).to(x.dtype).to(x.device, non_blocking=True)
     return torch.matmul(mh, torch.matmul(x, mw.T))
 
 

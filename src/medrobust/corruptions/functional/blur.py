@@ -329,7 +329,7 @@ def defocus_blur(images: torch.Tensor, param: tuple[float, float]) -> torch.Tens
 
 def _defocus_fft(images: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """``defocus_blur`` with any kernel, through the FFT correlator (any device)."""
-    kernel = kernel.to(images.device, torch.float32)
+    kernel = kernel.to(torch.float32).to(images.device, non_blocking=True)
     correlate = _fft_correlator(kernel, *images.shape[-2:], "reflect")
     return map_chunks(
         lambda part: to_uint8(correlate(to_float(part))), images, chunk_elements=_CPU_CHUNK_ELEMENTS

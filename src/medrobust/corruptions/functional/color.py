@@ -68,7 +68,7 @@ def _apply_lut(images: torch.Tensor, lut: torch.Tensor, slope: float | None = No
     out = torch.empty(images.shape, dtype=torch.uint8, device=images.device)  # contiguous
     if images.numel() == 0:
         return out
-    lut = lut.to(images.device)
+    lut = lut.to(images.device, non_blocking=True)  # from the host: no sync (staged at once)
     if images.device.type == "cpu":
         _apply_lut_cv2(images, lut, out, slope)
     else:
@@ -235,7 +235,7 @@ def _blend_lut(degenerate: torch.Tensor, factor: float, device: torch.device) ->
     Blend.c computes ``in1 + alpha * (in2 - in1)`` in float32 and truncates (clipping only
     when extrapolating, which ``clamp`` covers). ``degenerate`` is one integer level per row.
     """
-    alpha = torch.tensor(factor, dtype=torch.float32, device=device)
+    alpha = torch.tensor(factor, dtype=torch.float32).to(device, non_blocking=True)
     base = degenerate.to(torch.float32)[..., None]
     blended = (_levels(device) - base).mul_(alpha).add_(base)
     return blended.clamp_(0.0, 255.0).to(torch.uint8)
@@ -279,7 +279,7 @@ def gamma(images: torch.Tensor, gamma: float) -> torch.Tensor:
     """
     check_images(images)
     value = check_real("gamma", gamma, low=0.0)
-    lut = torch.tensor(_gamma_table(value), dtype=torch.uint8, device=images.device)
+    lut = torch.tensor(_gamma_table(value), dtype=torch.uint8)
     return _apply_lut(images, lut)
 
 
@@ -325,7 +325,7 @@ def _hsv_tables(adjust: _HsvAdjust, device: torch.device) -> _HsvTables:
     fixed = (
         to_uint8(value).to(torch.int32) | to_uint8(value * (1 - saturation)).to(torch.int32) << 16
     )
-    shifts = torch.tensor(_SECTOR_PICKS, dtype=torch.int32, device=device) * 8
+    shifts = torch.tensor(_SECTOR_PICKS, dtype=torch.int32).to(device, non_blocking=True) * 8
     return _HsvTables(
         delta.reshape(-1), saturation.reshape(-1), value.reshape(-1), fixed.reshape(-1), shifts
     )

@@ -326,9 +326,8 @@ def _bubble_code_map(
     table = _disk_half_widths(reach, device)
     offsets = torch.arange(-reach, reach + 1, device=device)
     dist = offsets.abs()
-    outside = torch.tensor(-1, device=device)
-    half_outer = torch.where(valid[..., None], table[radius + rim][:, :, dist], outside)
-    half_inner = torch.where(valid[..., None], table[radius][:, :, dist], outside)
+    half_outer = torch.where(valid[..., None], table[radius + rim][:, :, dist], -1)
+    half_inner = torch.where(valid[..., None], table[radius][:, :, dist], -1)
     order = 2 * torch.arange(1, b + 1, device=device, dtype=dtype)[:, None, None]
     ph, pw = height + 2 * reach, width + 2 * reach
     corner = (centre_y + reach) * pw + centre_x + reach

@@ -226,7 +226,7 @@ def _frost_texture(normals: torch.Tensor, uniforms: torch.Tensor, h: int, w: int
     ``uniforms[:, 0]`` picks a preset, ``normals[:, 0]`` shifts the texture mean by the
     preset's crop-to-crop spread, the rest shape the pattern.
     """
-    presets = torch.tensor(_FROST_PRESETS, dtype=torch.float32, device=normals.device)
+    presets = torch.tensor(_FROST_PRESETS, dtype=torch.float32).to(normals.device, non_blocking=True)
     choice = (uniforms[:, 0] * len(_FROST_PRESETS)).long().clamp_max(len(_FROST_PRESETS) - 1)
     stats = presets[choice]
     mean = stats[:, 0:3] + stats[:, 3:6] * normals[:, :1]
@@ -454,7 +454,7 @@ def spatter(images: torch.Tensor, param: tuple[float, ...], *, rng: ImageRandom)
         raise ValueError(f"spatter needs mode 0 or 1 and scale, sigma, gain >= 0, got {param!r}")
     c, h, w = images.shape[1:]
     noise = rng.normal((1, h, w)).to(images.device)
-    colour = torch.tensor(_WATER if mode == 0 else _MUD, device=images.device).view(1, 3, 1, 1) / 255.0
+    colour = torch.tensor(_WATER if mode == 0 else _MUD).to(images.device, non_blocking=True).view(1, 3, 1, 1) / 255.0
 
     def run(part: torch.Tensor, part_noise: torch.Tensor) -> torch.Tensor:
         liquid = gaussian_filter(loc + scale * part_noise, sigma)
