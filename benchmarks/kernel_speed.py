@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from eval_speed import bare_rate
 
+from eval_speed import bare_rate
 from medrobust.models import ZeroShotClassifier, create_model
 from medrobust.models.kernels import EngineSettings, prepare_for_inference
 from medrobust.models.zeroshot import PRECISIONS

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from medrobust._errors import user_message
-from medrobust.runtime import check_device, keep_freed_memory
+from medrobust.runtime import KERNELS, check_device, keep_freed_memory
 from medrobust.severity import SEVERITIES, parse_severities
 
 if TYPE_CHECKING:
@@ -480,6 +480,13 @@ def _add_eval(sub: Subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    p.add_argument("--kernels", choices=KERNELS, default="auto",
+                   help="image-tower kernels: fused (scaled-dot-product attention, one-kernel "
+                        "QuickGELU), plain (as built) or auto (fused on CUDA, plain on the CPU, "
+                        "where fusing measured no faster); recorded with the run")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the image towers (compiled code cached in the user cache; "
+                        "falls back with a warning where compiling fails)")
     p.add_argument("--native-size", action="store_true")
     p.add_argument("--random-weights", action="store_true",
                    help="build the architecture with random weights (offline smoke tests)")

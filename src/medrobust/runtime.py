@@ -22,7 +22,10 @@ import sys
 from functools import cache
 from typing import Any
 
-__all__ = ["check_device", "keep_freed_memory", "to_device"]
+__all__ = ["KERNELS", "check_device", "keep_freed_memory", "to_device"]
+
+KERNELS = ("auto", "fused", "plain")
+"""Choices of ``medrobust eval --kernels`` (see :mod:`medrobust.models.kernels`)."""
 
 # mallopt parameters (glibc malloc.h)
 _M_TRIM_THRESHOLD = -1

@@ -149,7 +149,7 @@ def test_fused_attention_masks_and_pooling(batch_first: bool) -> None:
             torch.testing.assert_close(fused(x, x, x, need_weights=False, **kwargs)[0], expected)
         expected = plain(probe, x, x, need_weights=False)[0]
         torch.testing.assert_close(fused(probe, x, x, need_weights=False)[0], expected)
-        out, weights = fused(x, x, x)  # attention weights asked for: the parent's path
+        _out, weights = fused(x, x, x)  # attention weights asked for: the parent's path
         assert weights is not None
 
 

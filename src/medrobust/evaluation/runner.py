@@ -26,7 +26,8 @@ from ..corruptions import CorruptedDataset, Suite, get_suite
 from ..data import DataOptions, ImageDataset, image_hashes, open_dataset
 from ..data.layouts import get_layout
 from ..models import ModelAdapter, create_model
-from ..models.zeroshot import ZeroShotClassifier
+from ..models.kernels import EngineSettings, prepare_for_inference
+from ..models.zeroshot import PRECISIONS, ZeroShotClassifier
 from ..runtime import to_device
 from ..severity import CLEAN, SEVERITIES, Condition, conditions, is_clean
 from .merge import write_shard_info
@@ -55,6 +56,11 @@ class GridSpec:
     batch_size: int = 128
     device: str = "cpu"
     precision: str = "auto"
+    kernels: str = "auto"
+    """Inference kernels of the image towers: ``auto``, ``fused`` or ``plain``
+    (:mod:`medrobust.models.kernels`); recorded with the run, not part of a cell's identity."""
+    compile: bool = False
+    """``torch.compile`` the image towers (cached; recorded like ``kernels``)."""
     data_root: Path | None = None
     size: int = 28
     resize: bool = True
@@ -296,6 +302,7 @@ def run_grid(
     ]
     for model in models:
         model.to(device).eval()
+    engine = _prepare_engine(spec, models, device)
     plan = _plan(spec, models, device)
     seen = _overlaps(spec, models, [work.dataset for work in plan])
     for work in plan:
@@ -304,16 +311,35 @@ def run_grid(
     with ResultsStore(store_dir, claim_timeout=claim_timeout) as store, store.heartbeat():
         for work in plan:
             _record_info(store, work.dataset, models, work.whole)
+        invocation = f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {store.owner}"
+        store.set_info("engine", invocation, engine)
         if shard is not None:
             _take_shard(spec, models, plan, shard, store)
         grid = [(work, cell) for work in plan for cell in work.cells]
         _run_cells(spec, models, plan, store, summary, progress)
+        store.set_info("engine", invocation, {**engine, "cells_computed": summary.computed})
         _wait_for_others(spec, models, plan, store, summary, wait, log)
         keys = [key for work, cell in grid for key in _keys(spec, models, work, cell)]
         summary.total = len(keys)
         summary.missing = [_describe(k, store.holder(k)) for k in keys if not store.is_done(k)]
         summary.skipped = summary.total - summary.computed - len(summary.missing)
     return summary
+
+
+def _prepare_engine(
+    spec: GridSpec, models: Sequence[ModelAdapter], device: torch.device
+) -> dict[str, Any]:
+    """Apply the run's kernels/compile settings to every model; what was done, for the record
+    (the run's engine info: shown by the report, never part of a cell's identity)."""
+    settings = EngineSettings(spec.kernels, spec.compile)
+    precision = _precision(spec, device)
+    records = {
+        model.name: prepare_for_inference(model, settings, batch_size=spec.batch_size,
+                                          autocast_dtype=PRECISIONS.get(precision)).to_dict()
+        for model in models
+    }
+    return {"kernels": spec.kernels, "compile": spec.compile, "precision": precision,
+            "device": str(device), "torch": torch.__version__, "models": records}
 
 
 def _busy(

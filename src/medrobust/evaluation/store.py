@@ -68,7 +68,7 @@ CREATE TABLE IF NOT EXISTS claims (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-INFO_KINDS = ("dataset", "model", "suite")
+INFO_KINDS = ("dataset", "model", "suite", "engine")
 _REQUIRED_COLUMNS = {
     "cells": {"cell_id", "model", "weights_hash", "dataset", "split", "corruption", "severity",
               "seed", "suite", "config", "n", "predictions"},
@@ -330,8 +330,9 @@ class ResultsStore:
 
     @_translated("write")
     def set_info(self, kind: str, name: str, info: Mapping[str, Any]) -> None:
-        """Record what a ``kind`` ('dataset', 'model' or 'suite') named ``name`` is, so that a
-        report reads it from the run instead of guessing it from the name (meta table)."""
+        """Record what a ``kind`` ('dataset', 'model', 'suite' or 'engine': how one invocation
+        ran the models) named ``name`` is, so that a report reads it from the run instead of
+        guessing it from the name (meta table)."""
         if kind not in INFO_KINDS:
             raise ValueError(f"info kind must be one of {INFO_KINDS}, got {kind!r}")
         self._conn.execute(

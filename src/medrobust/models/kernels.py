@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._cache import cache_dir
+from ..runtime import KERNELS
 
 __all__ = [
     "KERNELS",
@@ -54,10 +55,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-KERNELS = ("auto", "fused", "plain")
-"""``plain``: the modules as the model was built; ``fused``: :func:`fuse_model`; ``auto``:
-fused on CUDA, plain elsewhere (on the CPU, fp32 inference already takes torch's fused
-attention path and fusing measured no faster: see README, "Speed")."""
 _QUICK_GELU_SCALE = 1.702
 
 
@@ -255,7 +252,11 @@ def fuse_model(module: nn.Module, *, attention: bool = True, activation: bool = 
 
 
 def resolve_kernels(kernels: str, device: torch.device | str) -> str:
-    """``fused`` or ``plain``: what ``kernels`` (one of :data:`KERNELS`) means on ``device``."""
+    """``fused`` or ``plain``: what ``kernels`` (one of :data:`KERNELS`) means on ``device``.
+
+    ``plain``: the modules as the model was built; ``fused``: :func:`fuse_model`; ``auto``:
+    fused on CUDA, plain elsewhere (on the CPU, fp32 inference already takes torch's fused
+    attention path, and fusing measured no faster there: README, "Speed")."""
     if kernels not in KERNELS:
         raise ValueError(f"kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
     if kernels != "auto":

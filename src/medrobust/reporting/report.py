@@ -30,7 +30,7 @@ from .analysis import Analysis, analyse
 from .plots import plot_accuracy_vs_severity, plot_corruption_heatmap
 from .render import Cell, Table
 from .results import RunResults, collect_results, mean_defined
-from .run_info import RunInfo, model_notes
+from .run_info import RunInfo, engine_notes, engine_summary, model_notes
 from .tables import (
     ERROR_DEFINITIONS,
     accuracy_curves,
@@ -173,7 +173,9 @@ def _datasets_table(results: RunResults) -> Table:
     )
 
 
-def _summary_items(results: RunResults, analysis: Analysis, run_dir: Path) -> list[tuple[str, str]]:
+def _summary_items(
+    results: RunResults, analysis: Analysis, run_dir: Path, info: RunInfo
+) -> list[tuple[str, str]]:
     count, _ = _missing_cells(results)
     cells = (f"{results.n_used} finished cells used ({results.n_rows} in the database); a "
              f"complete grid has {results.expected_cells()}: "
@@ -192,6 +194,7 @@ def _summary_items(results: RunResults, analysis: Analysis, run_dir: Path) -> li
         ("Error", ERROR_DEFINITIONS[results.error_type]),
         ("Baseline", baseline),
         ("Compute time", f"{results.seconds / 60:.1f} min in total over the cells"),
+        ("Engine", engine_summary(info)),
         ("Generated", f"{time.strftime('%Y-%m-%d %H:%M:%S')} by medrobust {__version__}"),
     ]
 
@@ -243,6 +246,7 @@ def _notes(results: RunResults, analysis: Analysis, info: RunInfo) -> list[str]:
     if guessed:
         notes.append(f"Modality of {', '.join(sorted(set(guessed)))} guessed from the dataset name: "
                      "the run did not record it (evaluated before modalities were stored).")
+    notes += engine_notes(info)
     notes += list(results.notes)
     return notes
 
@@ -517,7 +521,7 @@ def write_report(
     content = _Content(
         title=f"medrobust robustness report: {run_dir.resolve().name}",
         warnings=_warnings(results, analysis, info) + template_warnings,
-        summary=_summary_items(results, analysis, run_dir.resolve()),
+        summary=_summary_items(results, analysis, run_dir.resolve(), info),
         datasets=_datasets_table(results),
         configuration=_config_summary(results),
         headline=headline,
