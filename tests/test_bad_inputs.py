@@ -81,6 +81,10 @@ CASES = [
     # eval
     ("eval-unknown-model", ["eval", "--model", "nomodel", "--dataset", "breastmnist",
                             "--data-root", "{data}", "--run-dir", "{out}"], "biomedclip", {}),
+    ("eval-unknown-kernels", [*MINI_EVAL, "--kernels", "fast", "--run-dir", "{out}"],
+     "invalid choice: 'fast'", {}),
+    ("eval-compile-takes-no-value", [*MINI_EVAL, "--compile=yes", "--run-dir", "{out}"],
+     "--compile: ignored explicit argument", {}),
     ("eval-no-model", ["eval", "--dataset", "breastmnist", "--run-dir", "{out}"],
      "give at least one --model", {}),
     ("eval-weights-not-cached", [*MINI_EVAL[:1], "--model", "biomedclip", *MINI_EVAL[3:],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -60,6 +61,42 @@ def test_eval_and_report_end_to_end_with_random_weights(shared_data, tmp_path):
     result = _run("report", str(run))
     assert result.returncode == 0, result.stderr
     assert (run / "report" / "report.html").is_file()
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None,
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_eval_kernels_and_compile_are_recorded_and_agree_with_plain(shared_data, tmp_path, capsys):
+    """--kernels fused --compile runs, is recorded per invocation (not in the cells' identity:
+    a rerun with other kernels resumes), shows in the report, and predicts as plain does."""
+    from medrobust.evaluation.store import ResultsStore
+
+    base = ["eval", "--model", "medrobust-mini", "--dataset", "breastmnist", "--data-root",
+            str(shared_data), "--limit", "32", "--batch-size", "32", "--severities", "1", "--quiet"]
+    fast, plain = tmp_path / "fast", tmp_path / "plain"
+    assert main([*base, "--corruptions", "pixelate", "--run-dir", str(fast), "--kernels", "fused",
+                 "--compile"]) == 0
+    assert main([*base, "--corruptions", "pixelate", "--run-dir", str(plain), "--kernels", "plain"]) == 0
+    assert main([*base, "--corruptions", "pixelate,contrast_down", "--run-dir", str(fast)]) == 0
+    assert "1 cells computed, 2 already done" in capsys.readouterr().out
+    with ResultsStore(fast) as store:
+        engines = sorted(store.info()["engine"].values(), key=lambda e: e["kernels"])
+        rows = {r["cell_id"]: store.predictions(r)[0] for r in store.rows()}
+    with ResultsStore(plain) as store:
+        reference = {r["cell_id"]: store.predictions(r)[0] for r in store.rows()}
+    assert [(e["kernels"], e["compile"], e["cells_computed"]) for e in engines] == [
+        ("auto", False, 1), ("fused", True, 2)]
+    mini = engines[1]["models"]["medrobust-mini"]
+    assert mini["compile"] == "compiled" and mini["kernels"] == "fused"
+    assert mini["swapped"] == ["4 x nn.MultiheadAttention -> FusedMultiheadAttention"]
+    assert engines[0]["models"]["medrobust-mini"] == {"kernels": "plain", "compile": "off", "swapped": []}
+    assert set(reference) <= set(rows)  # same cell ids whatever the kernels
+    for cell, probs in reference.items():
+        np.testing.assert_allclose(rows[cell], probs, atol=1e-4)
+        assert (rows[cell].argmax(1) == probs.argmax(1)).all()
+    assert main(["report", str(fast)]) == 0
+    page = (fast / "report" / "report.md").read_text()
+    assert "**Engine:** kernels auto, fp32 on cpu; kernels fused, compile, fp32 on cpu" in page
+    assert "computed under different engine settings" in page
 
 
 def test_adapt_options_map_onto_the_config_objects() -> None:
