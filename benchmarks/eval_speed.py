@@ -31,6 +31,9 @@ from medrobust.corruptions import get_suite, prepare_images
 from medrobust.data import open_dataset
 from medrobust.evaluation import GridSpec, run_grid
 from medrobust.models import ZeroShotClassifier, create_model
+from medrobust.models.kernels import EngineSettings, prepare_for_inference
+from medrobust.models.zeroshot import PRECISIONS
+from medrobust.runtime import KERNELS
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -67,6 +70,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--kernels", default="auto", choices=KERNELS, help="as medrobust eval --kernels")
+    parser.add_argument("--compile", action="store_true", help="as medrobust eval --compile")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
     parser.add_argument("--repeats", type=int, default=3, help="bare / end-to-end pairs (spread)")
     parser.add_argument("--json", help="write the results here")
@@ -77,6 +82,8 @@ def main() -> None:
     model = create_model(args.model, pretrained=args.pretrained, tiny=args.tiny, device=device)
     dataset = open_dataset(args.dataset, root=args.data_root).subset(range(args.n))
     suite = get_suite(args.suite, dataset.name)
+    engine = prepare_for_inference(model, EngineSettings(args.kernels, args.compile),
+                                   batch_size=args.batch_size, autocast_dtype=PRECISIONS[args.precision])
     classifier = ZeroShotClassifier(model, dataset.class_names, None, dataset.modality,
                                     precision=args.precision)
 
@@ -85,7 +92,8 @@ def main() -> None:
     cells = 1 + len(suite.corruptions)
     repeats = max(3, cells * args.n // args.batch_size)
     spec = GridSpec(models=[model], datasets=[dataset], suite=args.suite, severities=(args.severity,),
-                    batch_size=args.batch_size, device=args.device, precision=args.precision)
+                    batch_size=args.batch_size, device=args.device, precision=args.precision,
+                    kernels=args.kernels, compile=args.compile)
     runs = []
     for _ in range(args.repeats):  # alternated, so both sides see the same machine load
         bare = bare_rate(classifier, pixels, repeats)
@@ -103,6 +111,7 @@ def main() -> None:
         "model": args.model + (" (tiny)" if args.tiny else ""),
         "device": str(device),
         "precision": args.precision,
+        "engine": engine.to_dict(),
         "threads": torch.get_num_threads(),
         "batch_size": args.batch_size,
         "cells": summary.computed,

@@ -34,6 +34,7 @@ from medrobust.data import DataNotFoundError, ImageDataset, load_medmnist, medmn
 from medrobust.data.medmnist import MEDMNIST_2D_FLAGS, _medmnist_info
 from medrobust.evaluation import GridSpec, run_grid
 from medrobust.models import create_model
+from medrobust.runtime import KERNELS
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -66,7 +67,8 @@ def measure(model: Any, dataset: ImageDataset, args: argparse.Namespace) -> dict
     suite = get_suite("medmnist-c", dataset.name)
     cells = 1 + 5 * len(suite.corruptions)
     spec = GridSpec(models=[model], datasets=[dataset], suite="medmnist-c", batch_size=args.batch_size,
-                    device=args.device, precision=args.precision, limit=args.limit)
+                    device=args.device, precision=args.precision, limit=args.limit,
+                    kernels=args.kernels, compile=args.compile)
     with tempfile.TemporaryDirectory() as run_dir:
         start = time.perf_counter()
         summary = run_grid(spec, run_dir, progress=False)
@@ -92,6 +94,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--kernels", default="auto", choices=KERNELS, help="as medrobust eval --kernels")
+    parser.add_argument("--compile", action="store_true", help="as medrobust eval --compile")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
@@ -112,7 +116,8 @@ def main() -> None:
     result = {
         "model": args.model + (" (tiny)" if args.tiny else ""), "device": args.device,
         "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
-        "precision": args.precision, "batch_size": args.batch_size, "limit": args.limit,
+        "precision": args.precision, "kernels": args.kernels, "compile": args.compile,
+        "batch_size": args.batch_size, "limit": args.limit,
         "threads": torch.get_num_threads(), "load_average_1min": os.getloadavg()[0],
         "images_scored": scored, "seconds": round(seconds, 1),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
