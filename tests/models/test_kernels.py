@@ -99,6 +99,7 @@ def test_fused_agrees_with_plain(name: str) -> None:
     for expected in FAMILIES[name]:
         assert any(expected in s for s in swapped), (expected, swapped)
     assert list(fused.state_dict()) == keys
+    fused.check_eval()  # swapped-in modules keep eval mode
     assert_agree(plain, fused, _pixels(plain))
 
 

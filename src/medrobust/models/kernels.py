@@ -222,7 +222,7 @@ def _fuse_attention(module: nn.Module, done: dict[str, int]) -> None:
 
 def _fuse_activation(module: nn.Module, done: dict[str, int], device: torch.device) -> None:
     types = _quick_gelu_types()
-    targets = [(parent, name) for parent in module.modules()
+    targets = [(parent, name, child.training) for parent in module.modules()
                for name, child in parent.named_children() if type(child) in types]
     if not targets:
         return
@@ -230,8 +230,8 @@ def _fuse_activation(module: nn.Module, done: dict[str, int], device: torch.devi
     if kernel is None:
         _count(done, f"QuickGELU left as is (no compiled kernel: {how})")
         return
-    for parent, name in targets:
-        setattr(parent, name, FusedQuickGELU())
+    for parent, name, training in targets:
+        setattr(parent, name, FusedQuickGELU().train(training))
         _count(done, "QuickGELU -> FusedQuickGELU (one compiled kernel)")
 
 
