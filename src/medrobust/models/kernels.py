@@ -90,12 +90,13 @@ class FusedMultiheadAttention(nn.MultiheadAttention):
         if not self._fusable(query, key, value, need_weights) or (is_causal and attn_mask is None):
             return super().forward(query, key, value, key_padding_mask, need_weights, attn_mask,
                                    average_attn_weights, is_causal)
+        self_attention = query is key
         if not self.batch_first:
             query, key = query.transpose(0, 1), key.transpose(0, 1)
         n, length, embed = query.shape
         heads = self.num_heads
         weight, bias = self.in_proj_weight, self.in_proj_bias
-        if query is key:
+        if self_attention:
             qkv = F.linear(query, weight, bias).view(n, length, 3, heads, -1).permute(2, 0, 3, 1, 4)
             q, k, v = qkv.unbind(0)
         else:
