@@ -3,7 +3,8 @@
 Each variant is a fresh build of the same model (same seed or weights) prepared by
 ``medrobust.models.kernels.prepare_for_inference``; its zero-shot probabilities on one
 preprocessed batch (random pixels, seeded) are timed the way ``eval_speed.py`` times the bare
-side. Variants are alternated ``--repeats`` times (median, min, max img/s), and each is checked
+side. Variants are alternated ``--repeats`` times (median, min, max img/s, and the speed-up over
+the first variant within each round, which a drifting machine load affects least); each is checked
 against plain on the batch: top-1 agreement and the largest logit difference. Usage::
 
     python benchmarks/kernel_speed.py --model medrobust-mini --pretrained --threads 1
@@ -52,14 +53,14 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="the tiny test config instead of full size")
     parser.add_argument("--pretrained", action="store_true", help="load the model's weights; default random")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS))
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10, help="timed batches per measurement")
     parser.add_argument("--repeats", type=int, default=5, help="alternated rounds (spread)")
+    parser.add_argument("--classes", type=int, default=10, help="zero-shot classes (random names)")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -84,10 +85,14 @@ def main() -> None:
     }
     for v in variants:
         r = sorted(rates[v])
+        paired = sorted(a / b for a, b in zip(rates[v], rates[variants[0]], strict=True))
         result["variants"][v] = {
             **built[v][1],
             "images_per_s_median": round(statistics.median(r), 1),
             "images_per_s_min": round(r[0], 1), "images_per_s_max": round(r[-1], 1),
+            f"speedup_vs_{variants[0]}_median": round(statistics.median(paired), 3),
+            f"speedup_vs_{variants[0]}_min": round(paired[0], 3),
+            f"speedup_vs_{variants[0]}_max": round(paired[-1], 3),
             f"top1_agreement_with_{variants[0]}": float(
                 (logits[v].argmax(1) == reference.argmax(1)).float().mean()),
             f"max_abs_logit_diff_from_{variants[0]}": float((logits[v] - reference).abs().max()),

@@ -4,7 +4,7 @@ every model family, the same state-dict keys, and LoRA working on the fused path
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -39,14 +39,6 @@ FAMILIES = {
 }
 N_IMAGES = 256
 CLASSES = 10
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _build(name: str) -> ModelAdapter:
