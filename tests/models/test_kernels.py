@@ -95,6 +95,16 @@ def test_fused_agrees_with_plain(name: str) -> None:
     assert_agree(plain, fused, _pixels(plain))
 
 
+@pytest.mark.parametrize("name", ["plip", "medsiglip-448"])
+def test_eager_transformers_attention_becomes_sdpa(name: str) -> None:
+    plain, fused = _build(name), _build(name)
+    for model in (plain, fused):
+        model.vision_module.config._attn_implementation = "eager"
+    assert "1 x transformers attention: eager -> sdpa" in fuse_model(fused.vision_module)
+    assert fused.vision_module.config._attn_implementation == "sdpa"
+    assert_agree(plain, fused, _pixels(plain, 64))
+
+
 def test_fused_path_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     """Under autocast and with gradients (where nn.MultiheadAttention takes its slow path) the
     fused module never calls the parent forward, and it feeds scaled_dot_product_attention."""

@@ -11,7 +11,9 @@
   and adapters trained on the plain module load unchanged. open_clip 3.x uses
   ``nn.MultiheadAttention`` in its ViT blocks; newer open_clip code and its ``Attention`` class
   (raw q/k/v parameters) already call ``scaled_dot_product_attention`` and are left as they are,
-  as are timm attention with ``fused_attn`` on (BiomedCLIP) and transformers' ``sdpa`` attention.
+  as are timm attention with ``fused_attn`` on (BiomedCLIP) and transformers' ``sdpa`` attention
+  (timm's ``fused_attn`` is switched on and a CLIP/SigLIP tower built with ``eager`` attention is
+  switched to ``sdpa`` where they are off).
 * :class:`FusedQuickGELU` replaces open_clip's and transformers' QuickGELU
   (``x * sigmoid(1.702 x)``, three elementwise kernels) by one ``torch.compile``'d elementwise
   kernel (Triton on CUDA, C++ on CPU). Where that kernel cannot be built (no compiler), the
@@ -56,6 +58,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _QUICK_GELU_SCALE = 1.702
+# transformers vision towers whose attention reads config._attn_implementation at call time
+_SDPA_VISION_TYPES = ("clip_vision_model", "siglip_vision_model")
 
 
 class FusedMultiheadAttention(nn.MultiheadAttention):
@@ -217,7 +221,10 @@ def _fuse_attention(module: nn.Module, done: dict[str, int]) -> None:
             _count(done, "open_clip Attention (scaled_dot_product_attention already)")
     config = getattr(module, "config", None)
     implementation = getattr(config, "_attn_implementation", None)
-    if implementation is not None:
+    if implementation == "eager" and getattr(config, "model_type", "") in _SDPA_VISION_TYPES:
+        config._attn_implementation = implementation = "sdpa"
+        _count(done, "transformers attention: eager -> sdpa")
+    elif implementation is not None:
         _count(done, f"transformers attention: {implementation}")
 
 
