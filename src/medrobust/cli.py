@@ -482,8 +482,9 @@ def _add_eval(sub: Subparsers) -> None:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     p.add_argument("--kernels", choices=KERNELS, default="auto",
                    help="image-tower kernels: fused (scaled-dot-product attention, one-kernel "
-                        "QuickGELU), plain (as built) or auto (fused on CUDA, plain on the CPU, "
-                        "where fusing measured no faster); recorded with the run")
+                        "QuickGELU), plain (as built) or auto (fused on CUDA or with bf16/fp16; "
+                        "plain for fp32 on the CPU, already fused there by torch); recorded "
+                        "with the run")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the image towers (compiled code cached in the user cache; "
                         "falls back with a warning where compiling fails)")

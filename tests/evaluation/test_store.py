@@ -156,7 +156,7 @@ def test_unreadable_database_is_a_clear_error_and_untouched(tmp_path):
 
 def test_info_round_trip_and_old_runs_have_none(tmp_path):
     with ResultsStore(tmp_path) as store:
-        assert store.info() == {"dataset": {}, "model": {}, "suite": {}}
+        assert store.info() == {"dataset": {}, "model": {}, "suite": {}, "engine": {}}
         store.set_info("dataset", "breastmnist", {"modality": "breast ultrasound"})
         store.set_info("model", "m", {"notes": "saw these classes"})
         store.set_info("model", "m", {"notes": "replaced"})
@@ -164,4 +164,4 @@ def test_info_round_trip_and_old_runs_have_none(tmp_path):
             store.set_info("run", "x", {})
     with ResultsStore(tmp_path) as store:
         assert store.info() == {"dataset": {"breastmnist": {"modality": "breast ultrasound"}},
-                                "model": {"m": {"notes": "replaced"}}, "suite": {}}
+                                "model": {"m": {"notes": "replaced"}}, "suite": {}, "engine": {}}

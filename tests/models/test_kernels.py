@@ -181,9 +181,11 @@ def test_no_compiler_leaves_quick_gelu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not any(isinstance(m, FusedQuickGELU) for m in model.modules())
 
 
-def test_auto_means_fused_on_cuda_only() -> None:
+def test_auto_means_fused_on_cuda_or_under_autocast() -> None:
     assert resolve_kernels("auto", "cpu") == "plain"
+    assert resolve_kernels("auto", "cpu", autocast=True) == "fused"
     assert resolve_kernels("auto", "cuda:1") == "fused"
+    assert resolve_kernels("fused", "cpu") == "fused"
     assert resolve_kernels("plain", "cuda") == "plain"
     with pytest.raises(ValueError, match="kernels must be one of auto, fused, plain"):
         resolve_kernels("fast", "cpu")

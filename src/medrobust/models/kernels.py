@@ -259,17 +259,18 @@ def fuse_model(module: nn.Module, *, attention: bool = True, activation: bool = 
     return [f"{n} x {what}" for what, n in done.items()]
 
 
-def resolve_kernels(kernels: str, device: torch.device | str) -> str:
+def resolve_kernels(kernels: str, device: torch.device | str, autocast: bool = False) -> str:
     """``fused`` or ``plain``: what ``kernels`` (one of :data:`KERNELS`) means on ``device``.
 
     ``plain``: the modules as the model was built; ``fused``: :func:`fuse_model`; ``auto``:
-    fused on CUDA, plain elsewhere (on the CPU, fp32 inference already takes torch's fused
-    attention path, and fusing measured no faster there: README, "Speed")."""
+    fused on CUDA and under (bf16/fp16) ``autocast``, where ``nn.MultiheadAttention`` takes its
+    slow path; plain for fp32 on the CPU, whose inference path torch already fuses (fusing
+    measured no faster there, and plain keeps those results bit for bit: README, "Speed")."""
     if kernels not in KERNELS:
         raise ValueError(f"kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
     if kernels != "auto":
         return kernels
-    return "fused" if torch.device(device).type == "cuda" else "plain"
+    return "fused" if torch.device(device).type == "cuda" or autocast else "plain"
 
 
 def inductor_cache_dir() -> str | None:
@@ -343,7 +344,7 @@ def prepare_for_inference(
     """Apply ``settings`` to an adapter's image tower in place (fused kernels, then compile,
     warmed up on a batch of ``batch_size`` zero images); say what was done. A compile that
     fails is logged in one line and the model runs uncompiled."""
-    kernels = resolve_kernels(settings.kernels, model.device)
+    kernels = resolve_kernels(settings.kernels, model.device, autocast_dtype is not None)
     swapped = fuse_model(model.vision_module) if kernels == "fused" else []
     compiled = "off"
     if settings.compile:
