@@ -105,6 +105,22 @@ def test_eager_transformers_attention_becomes_sdpa(name: str) -> None:
     assert_agree(plain, fused, _pixels(plain, 64))
 
 
+def test_open_clip_sdpa_attention_is_left_as_is() -> None:
+    """open_clip's own Attention (raw q/k/v parameters, the newer layout) already calls
+    scaled_dot_product_attention: reported, not swapped; its QuickGELU is still fused."""
+    from open_clip.transformer import Attention, CustomTransformer, QuickGELU
+
+    torch.manual_seed(0)
+    tower = CustomTransformer(32, 2, 4, act_layer=QuickGELU).eval()
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        expected = tower(x)
+        swapped = fuse_model(tower)
+        torch.testing.assert_close(tower(x), expected)
+    assert "2 x open_clip Attention (scaled_dot_product_attention already)" in swapped
+    assert sum(isinstance(m, Attention) for m in tower.modules()) == 2
+
+
 def test_fused_path_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     """Under autocast and with gradients (where nn.MultiheadAttention takes its slow path) the
     fused module never calls the parent forward, and it feeds scaled_dot_product_attention."""
