@@ -87,6 +87,17 @@ def spread_indices(total: int, n: int) -> np.ndarray:
     return np.unique(np.linspace(0, total - 1, min(n, total)).round().astype(np.int64))
 
 
+def write_medmnist_root(root: Path, dataset: str, images: np.ndarray, labels: np.ndarray) -> Path:
+    """``<root>/<dataset>_224.npz`` in MedMNIST format (train/val present, empty: only test is used)."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"{dataset}_224.npz"
+    empty = np.zeros((0, *images.shape[1:]), np.uint8)
+    no_labels = np.zeros((0, labels.shape[1]), labels.dtype)
+    np.savez(path, train_images=empty, train_labels=no_labels, val_images=empty, val_labels=no_labels,
+             test_images=images, test_labels=labels)
+    return path
+
+
 def load_real_images(dataset: str, n: int, data_root: Path, size: int = REFERENCE_SIZE) -> np.ndarray:
     """``n`` real test images of a MedMNIST dataset (28 px files in shared/data), upsampled."""
     from medrobust.data import load_medmnist  # medrobust side only

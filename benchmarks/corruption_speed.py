@@ -50,6 +50,7 @@ from _common import (
     medrobust_status,
     run_reference,
     thread_env,
+    write_medmnist_root,
     write_results,
 )
 
@@ -224,17 +225,6 @@ def measure_suite(
         "geomean_speedup_2t": geometric_mean(r["speedup_2t"] for r in rows if r["speedup_2t"]),
         "ref_2t_n": min(len(images), args.ref_2t_n),
     }
-
-
-def write_medmnist_root(root: Path, dataset: str, images: np.ndarray, labels: np.ndarray) -> Path:
-    """``<root>/<dataset>_224.npz`` in MedMNIST format (train/val present, empty: only test is used)."""
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / f"{dataset}_224.npz"
-    empty = np.zeros((0, *images.shape[1:]), np.uint8)
-    no_labels = np.zeros((0, labels.shape[1]), labels.dtype)
-    np.savez(path, train_images=empty, train_labels=no_labels, val_images=empty, val_labels=no_labels,
-             test_images=images, test_labels=labels)
-    return path
 
 
 def measure_whole_dataset(ours_ok: bool, ref_ok: bool, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:

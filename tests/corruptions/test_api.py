@@ -73,3 +73,37 @@ def test_random_corruption_of_part_of_a_batch_equals_that_part_of_the_whole(synt
         halves.append((rows, part))
     for rows, part in halves:
         assert torch.equal(part, whole[rows])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("batch", [0, 1, 5])
+@pytest.mark.parametrize(("side", "size"), [(28, 224), (64, 224), (300, 224), (33, 47)])
+def test_prepare_images_equals_torchvision_bicubic_antialiased(
+    channels: int, batch: int, side: int, size: int
+) -> None:
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    from medrobust.corruptions import prepare_images
+
+    gen = torch.Generator().manual_seed(side * 10 + channels + batch)
+    images = torch.randint(0, 256, (batch, side, side, channels), dtype=torch.uint8, generator=gen)
+    for layout in (images.permute(0, 3, 1, 2), images.permute(0, 3, 1, 2).contiguous()):
+        want = TF.resize(layout, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+        got = prepare_images(layout, size)
+        assert got.dtype == torch.uint8 and got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_corrupt_command_start_up_does_not_import_torchvision() -> None:
+    """torchvision's import (its models and ops pull in torch._dynamo) costs a second per run."""
+    import subprocess
+    import sys
+
+    code = ("import sys, medrobust.cli, medrobust.corruptions.generate, medrobust.corruptions.api; "
+            "from medrobust.corruptions import get_suite, prepare_images; "
+            "import torch; prepare_images(torch.zeros(2, 1, 28, 28, dtype=torch.uint8), 224); "
+            "get_suite('medmnist-c', dataset='pneumoniamnist'); "
+            "print('torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medrobust._files import file_sha256
 from medrobust.data import (
     NpzFormatError,
     NpzWriter,
@@ -59,6 +60,32 @@ def test_streamed_chunks_read_back_identically_by_np_load(tmp_path: Path, compre
     assert set(kinds.values()) == {want}
     # stored members are memory-mapped, compressed ones read into memory
     assert isinstance(loaded["images"], np.memmap) is (not compress)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_sha256_taken_while_writing_is_the_files_digest(tmp_path: Path, compress: bool) -> None:
+    ref = _arrays(3)
+    path = tmp_path / "hashed.npz"
+    writer = NpzWriter(path, compress=compress)
+    writer.add("labels", ref["labels"])
+    writer.declare("images", ref["images"].shape, np.uint8)
+    with pytest.raises(ValueError, match="has not completed"):
+        _ = writer.sha256
+    for start in range(0, 12, 4):
+        writer.write("images", ref["images"][start : start + 4])
+    writer.close()
+    assert writer.sha256 == file_sha256(path)
+    # the zip crc of every member is still checked on read
+    with zipfile.ZipFile(path) as archive:
+        assert archive.testzip() is None
+
+
+def test_aborted_writer_has_no_digest(tmp_path: Path) -> None:
+    writer = NpzWriter(tmp_path / "gone.npz")
+    writer.add("labels", np.arange(3))
+    writer.abort()
+    with pytest.raises(ValueError, match="has not completed"):
+        _ = writer.sha256
 
 
 def test_load_npz_reads_np_savez_files(tmp_path: Path) -> None:

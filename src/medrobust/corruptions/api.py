@@ -8,9 +8,8 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from ..runtime import to_device
 from ..severity import SEVERITIES, check_severity, clean_condition, is_clean
@@ -65,7 +64,16 @@ def prepare_images(images: torch.Tensor, size: int | None) -> torch.Tensor:
     check_images(images)
     if size is None or tuple(images.shape[-2:]) == (size, size):
         return images
-    return TF.resize(images, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    if images.shape[0] == 0:
+        return images.new_empty((0, images.shape[1], size, size))
+    # the values of torchvision's ``resize(..., BICUBIC, antialias=True)``, without importing
+    # torchvision (a second of start-up): torch resamples uint8 natively on CPU; elsewhere
+    # through float32, clamped and rounded
+    if images.device.type == "cpu":
+        return F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    resized = F.interpolate(images.to(torch.float32), size=(size, size), mode="bicubic",
+                            align_corners=False, antialias=True)
+    return resized.clamp_(0, 255).round_().to(torch.uint8)
 
 
 def corrupt(

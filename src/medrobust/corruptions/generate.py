@@ -5,10 +5,10 @@ temporary memory-mapped cache, every output file is streamed batch by batch into
 temporary name and renamed when complete. A finished file is never rewritten, so a killed
 run resumes where it stopped; a folder made with other settings is refused.
 
-File work runs on two background threads, each in order: one writes batches, the other
-finishes complete files (fsync, rename, SHA-256, manifest update), so that the disk and the
-hash work on earlier batches while the next is corrupted; at most ``_WRITE_QUEUE`` batches
-(and file calls) wait for each.
+File work runs on two background threads, each in order: one writes batches (hashing the
+bytes as they go out, so no file is read back for its SHA-256), the other finishes complete
+files (fsync, rename, manifest update), so that the disk works on earlier batches while the
+next is corrupted; at most ``_WRITE_QUEUE`` batches (and file calls) wait for each.
 """
 
 from __future__ import annotations
@@ -248,7 +248,7 @@ def _write_pending(pending: list[BenchmarkFile], job: _Job, progress: bool) -> N
                         bar.update(stop - start)
                 entry = _manifest_entry(file, n)
                 background.submit(finisher.submit, writer.close)
-                background.submit(finisher.submit, _record, job, file.path, entry)
+                background.submit(finisher.submit, _record, job, writer, entry)
     finally:
         bar.close()
         cache_path.unlink(missing_ok=True)
@@ -269,9 +269,10 @@ def _corrupted(
     )
 
 
-def _record(job: _Job, path: Path, entry: dict[str, Any]) -> None:
-    """Enter a finished file with its SHA-256 in the manifest and save the manifest."""
-    job.outputs[str(path.relative_to(job.root))] = {**entry, "sha256": file_sha256(path)}
+def _record(job: _Job, writer: NpzWriter, entry: dict[str, Any]) -> None:
+    """Enter a finished file with its SHA-256 (hashed as it was written) in the manifest and
+    save the manifest."""
+    job.outputs[str(writer.path.relative_to(job.root))] = {**entry, "sha256": writer.sha256}
     _write_json_atomic(job.manifest_path, job.manifest)
 
 

@@ -3,7 +3,7 @@
 ``NpzWriter`` streams arrays into an npz (a zip of ``.npy`` members) chunk by chunk, so a
 benchmark file of several GiB is written without holding it in memory; the file appears under
 its final name only when every declared array is complete (temporary file, fsync, atomic
-rename). ``load_npz`` never unpickles, memory-maps uncompressed members and reads compressed
+rename), and its SHA-256 is known without reading it back. ``load_npz`` never unpickles, memory-maps uncompressed members and reads compressed
 ones lazily, key by key; ``load_npz_rows`` reads a row range of one member (a memmap slice
 when stored, a streamed skip-and-read when deflated).
 """
@@ -11,6 +11,7 @@ when stored, a streamed skip-and-read when deflated).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import struct
 import zipfile
@@ -246,6 +247,36 @@ def npz_is_complete(path: str | Path, keys: Iterable[str], rows: int | None = No
     return True
 
 
+class _HashingStream:
+    """A write-only, forward-only view of a binary file that hashes every byte written.
+
+    It offers no ``seek``, so ``zipfile`` writes each member once, front to back (sizes and
+    CRC go in a data descriptor after the data instead of being patched into the header), and
+    the running SHA-256 is the file's own; a writer need not read gigabytes back to hash them.
+    """
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self._fh = fh
+        self._digest = hashlib.sha256()
+        self._position = 0
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self._digest.update(view)
+        self._fh.write(view)
+        self._position += view.nbytes
+        return view.nbytes
+
+    def tell(self) -> int:
+        return self._position
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
 class NpzWriter:
     """Stream arrays into an npz with bounded memory; atomic and all-or-nothing.
 
@@ -263,7 +294,7 @@ class NpzWriter:
     ``add``-ed). ``close`` checks that every declared array got all its rows, then fsyncs and
     renames the temporary file (in the destination folder) to ``path``; on any failure the
     temporary file is removed. ``compress=True`` uses ZIP_DEFLATED (smaller, slower, and no
-    memory-mapping on read).
+    memory-mapping on read). ``sha256`` is the finished file's digest, computed while writing.
     """
 
     def __init__(self, path: str | Path, *, compress: bool = False, overwrite: bool = True):
@@ -273,15 +304,17 @@ class NpzWriter:
         if not overwrite and self.path.exists():
             raise FileExistsError(f"{self.path} already exists")
         fd, self._tmp = make_temp(self.path)
-        self._fh = os.fdopen(fd, "w+b")
+        self._fh = os.fdopen(fd, "wb")
+        self._hashing = _HashingStream(self._fh)
         compression = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
-        self._zip = zipfile.ZipFile(self._fh, "w", compression=compression, allowZip64=True)
+        self._zip = zipfile.ZipFile(self._hashing, "w", compression=compression, allowZip64=True)
         self._declared: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
         self._rows: dict[str, int] = {}
         self._started: set[str] = set()
         self._current: str | None = None
         self._stream: IO[bytes] | None = None
         self._finished = False
+        self._completed = False
 
     def declare(self, name: str, shape: tuple[int, ...], dtype: Any) -> None:
         """Announce an array of a fixed ``shape`` and ``dtype`` to be written in row chunks."""
@@ -297,6 +330,13 @@ class NpzWriter:
             raise TypeError(f"array {name!r}: object dtypes cannot be stored without pickle")
         self._declared[name] = (shape, dtype)
         self._rows[name] = 0
+
+    @property
+    def sha256(self) -> str:
+        """Hex SHA-256 of the finished file (hashed as it was written)."""
+        if not self._completed:
+            raise ValueError(f"NpzWriter for {self.path} has not completed the file")
+        return self._hashing.hexdigest()
 
     @property
     def closed(self) -> bool:
@@ -395,7 +435,7 @@ class NpzWriter:
         except BaseException:
             self.abort()
             raise
-        self._finished = True
+        self._finished = self._completed = True
         return self.path
 
     def abort(self) -> None:

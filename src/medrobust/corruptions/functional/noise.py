@@ -214,10 +214,10 @@ def _build_table(kind: str, param: float, grey: bool) -> np.ndarray:
 def _code_key() -> list[str]:
     """What the tables depend on besides their parameters: this module's code, the luminance
     weights and SciPy (its normal and gamma functions), so a cached table is never stale."""
-    import scipy
+    from importlib.metadata import version  # importing SciPy itself costs start-up time
 
     source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
-    return [source, repr(PIL_L_WEIGHTS), scipy.__version__, np.__version__]
+    return [source, repr(PIL_L_WEIGHTS), version("scipy"), np.__version__]
 
 
 @lru_cache(maxsize=64)
