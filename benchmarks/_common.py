@@ -23,7 +23,7 @@ from PIL import Image
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 DEFAULT_REFENV = REPO_ROOT / ".refenv"
-DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
+DEFAULT_DATA_ROOT = Path(os.environ.get("MEDROBUST_DATA") or REPO_ROOT.parent / "shared" / "data")
 RUNNER = BENCH_DIR / "_reference_runner.py"
 REFERENCE_SIZE = 224
 PSNR_CAP_DB = 100.0  # PSNR of an unchanged image (MSE 0) is reported as this value

@@ -43,6 +43,16 @@ def test_medclip_caveat_and_notes(report):
     assert "1 − top-1 accuracy" in page and "Coverage: the grid is complete" in page
 
 
+def test_caveats_join_into_one_sentence():
+    from medrobust.reporting.report import join_caveats
+
+    notes = ["LoRA adapter of clip trained on breastmnist, seed 0.", "evaluated with --allow-overlap"]
+    assert join_caveats(notes) == (
+        "LoRA adapter of clip trained on breastmnist, seed 0; evaluated with --allow-overlap."
+    )
+    assert join_caveats([]) is None
+
+
 def test_bad_run_folders(tmp_path: Path):
     missing = tmp_path / "nope"
     with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):

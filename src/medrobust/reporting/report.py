@@ -434,6 +434,12 @@ def model_caveats(results: RunResults, info: RunInfo) -> dict[str, list[str]]:
     return out
 
 
+def join_caveats(notes: list[str]) -> str | None:
+    """One model's caveats as one cell: sentences joined by semicolons, one full stop."""
+    parts = [n.strip().rstrip(".") for n in notes if n.strip()]
+    return "; ".join(parts) + "." if parts else None
+
+
 def _result_tables(analysis: Analysis, unc: Uncertainty) -> tuple[dict[str, Table], list[str]]:
     """The report's result tables (published baselines first, then the analysis tables, the
     seeds, flags and templates), and the warnings about differing prompt templates."""
@@ -517,7 +523,7 @@ def write_report(
     unc = bootstrap_results(results, run_dir, analysis.baseline, settings)
     caveats = model_caveats(results, info)
     tables, template_warnings = _result_tables(analysis, unc)
-    headline = headline_table(unc, {m: "; ".join(c) or None for m, c in caveats.items()})
+    headline = headline_table(unc, {m: join_caveats(c) for m, c in caveats.items()})
     content = _Content(
         title=f"medrobust robustness report: {run_dir.resolve().name}",
         warnings=_warnings(results, analysis, info) + template_warnings,
