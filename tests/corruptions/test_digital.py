@@ -184,7 +184,7 @@ def test_empty_batch_and_batch_invariance(fn, param, retina_images: np.ndarray, 
 def test_jpeg_on_threads_gives_the_single_thread_bytes(monkeypatch, retina_images, nchw) -> None:
     """JPEG chunks run on the thread pool (each encode call waits a little, so that the chunks
     overlap and several threads take part), with the bytes of one thread, grey and RGB."""
-    encode, threads = digital.encode_jpeg, set()
+    encode, threads = digital._encode_jpeg, set()
 
     def slow_encode(images, quality):
         threads.add(threading.current_thread().name)
@@ -197,10 +197,10 @@ def test_jpeg_on_threads_gives_the_single_thread_bytes(monkeypatch, retina_image
         for images in (rgb, rgb[:, 1:2].contiguous()):
             torch.set_num_threads(1)
             one = jpeg_compression(images, 20)
-            monkeypatch.setattr(digital, "encode_jpeg", slow_encode)
+            monkeypatch.setattr(digital, "_encode_jpeg", slow_encode)
             torch.set_num_threads(4)
             assert torch.equal(jpeg_compression(images, 20), one)
-            monkeypatch.setattr(digital, "encode_jpeg", encode)
+            monkeypatch.setattr(digital, "_encode_jpeg", encode)
     finally:
         torch.set_num_threads(saved)
     assert len(threads) > 1, threads

@@ -24,7 +24,6 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 import torch
-from torchvision.io import decode_jpeg, encode_jpeg
 
 from medrobust.corruptions.functional._utils import (
     batch_slices,
@@ -341,6 +340,21 @@ def pixelate_nearest(images: torch.Tensor, factor: float) -> torch.Tensor:
     return _pixelate(images, factor, _nearest_resize)
 
 
+def _encode_jpeg(images: list[torch.Tensor], quality: int) -> list[torch.Tensor]:
+    """torchvision's libjpeg encoder, imported on first use: torchvision's import (its models
+    and ops load torch._dynamo) costs a second of start-up that runs without JPEG need not pay."""
+    from torchvision.io import encode_jpeg as encode
+
+    return encode(images, quality=quality)
+
+
+def _decode_jpeg(data: torch.Tensor) -> torch.Tensor:
+    """torchvision's libjpeg decoder, imported on first use (see ``_encode_jpeg``)."""
+    from torchvision.io import decode_jpeg as decode
+
+    return decode(data)
+
+
 def _jpeg_host(images: torch.Tensor, quality: int, out: torch.Tensor) -> None:
     """Encode and decode uint8 CPU ``images`` into ``out`` image by image, in chunks spread
     over the thread pool (libjpeg releases the GIL); each image is coded alone, so the bytes
@@ -349,8 +363,8 @@ def _jpeg_host(images: torch.Tensor, quality: int, out: torch.Tensor) -> None:
     step = max(1, min(_JPEG_CHUNK_IMAGES, math.ceil(n / torch.get_num_threads())))
 
     def run(sl: slice) -> None:
-        for i, data in zip(range(sl.start, sl.stop), encode_jpeg(list(images[sl]), quality=quality), strict=True):
-            out[i] = decode_jpeg(data)
+        for i, data in zip(range(sl.start, sl.stop), _encode_jpeg(list(images[sl]), quality=quality), strict=True):
+            out[i] = _decode_jpeg(data)
 
     with warnings.catch_warnings():
         # torchvision 0.29 flags its image codecs as deprecated in favour of TorchCodec; they
