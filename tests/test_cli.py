@@ -66,12 +66,13 @@ def test_eval_and_report_end_to_end_with_random_weights(shared_data, tmp_path):
 @pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None,
                     reason="torch.compile on the CPU needs a C++ compiler")
 def test_eval_kernels_and_compile_are_recorded_and_agree_with_plain(shared_data, tmp_path, capsys):
-    """--kernels fused --compile runs, is recorded per invocation (not in the cells' identity:
-    a rerun with other kernels resumes), shows in the report, and predicts as plain does."""
+    """--kernels fused --compile runs (a full batch and a smaller last one), is recorded per
+    invocation (not in the cells' identity: a rerun with other kernels resumes), shows in the
+    report, and predicts as plain does."""
     from medrobust.evaluation.store import ResultsStore
 
     base = ["eval", "--model", "medrobust-mini", "--dataset", "breastmnist", "--data-root",
-            str(shared_data), "--limit", "32", "--batch-size", "32", "--severities", "1", "--quiet"]
+            str(shared_data), "--limit", "40", "--batch-size", "32", "--severities", "1", "--quiet"]
     fast, plain = tmp_path / "fast", tmp_path / "plain"
     assert main([*base, "--corruptions", "pixelate", "--run-dir", str(fast), "--kernels", "fused",
                  "--compile"]) == 0

@@ -282,3 +282,19 @@ def test_lora_trains_on_fused_path() -> None:
         optimiser.step()
     changed = {n for n, p in params if not torch.equal(p, before[n])}
     assert changed == set(before), sorted(set(before) - changed)
+
+
+def test_unmerged_lora_is_not_compiled(caplog: pytest.LogCaptureFixture) -> None:
+    """An unmerged LoRA layer swaps weight attributes per call, which torch.compile cannot
+    trace: such a tower runs uncompiled (fused kernels still apply), with one warning."""
+    from medrobust.adaptation import LoraSettings, apply_lora
+
+    model = _build("medrobust-mini")
+    apply_lora(model, LoraSettings(rank=4))
+    with caplog.at_level(logging.WARNING, logger="medrobust.models.kernels"):
+        record = prepare_for_inference(model, EngineSettings("fused", compile=True), batch_size=4,
+                                       autocast_dtype=None)
+    assert record.compile.startswith("not compiled (unmerged LoRA layers, e.g. transformer.")
+    assert record.swapped == ["1 x nn.MultiheadAttention -> FusedMultiheadAttention"]
+    assert getattr(model.vision_module, "_compiled_call_impl", None) is None
+    assert len(caplog.records) == 1 and "merge them to compile" in caplog.records[0].getMessage()

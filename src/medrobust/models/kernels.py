@@ -294,16 +294,40 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:160] if text else ''}".rstrip(": ")
 
 
+def _unmerged_adapter(tower: nn.Module) -> str | None:
+    """The first module of ``tower`` that holds unmerged LoRA/peft layers, if any: their forward
+    swaps weight attributes per call, which torch.compile cannot trace."""
+    for name, sub in tower.named_modules():
+        if type(sub).__module__.startswith("peft.") or isinstance(sub, _peft_layer_types()):
+            return name or type(sub).__name__
+    return None
+
+
+def _peft_layer_types() -> tuple[type, ...]:
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:
+        return ()
+    return (BaseTunerLayer,)
+
+
 def compile_image_encoder(model: Any, example: Tensor, autocast_dtype: torch.dtype | None) -> str:
     """``torch.compile`` ``model.vision_module`` in place and run ``example`` (preprocessed
     pixels, a batch of the size the run uses) through ``model.encode_image`` under the run's
-    autocast, so compiling happens now; return ``"compiled"``, or undo it and return why not."""
+    autocast, so compiling happens now; return ``"compiled"``, or undo it and return why not.
+
+    The batch dimension is compiled as dynamic, so a smaller last batch reuses the same code.
+    A tower holding unmerged LoRA layers is not compiled (merge them: ``eval --merge``)."""
     use_inductor_cache()
     tower = model.vision_module
     if getattr(tower, "_compiled_call_impl", None) is not None:
         return "compiled"
+    adapter = _unmerged_adapter(tower)
+    if adapter is not None:
+        return f"not compiled (unmerged LoRA layers, e.g. {adapter}: merge them to compile)"
     tower.compile()
     try:
+        torch._dynamo.mark_dynamic(example, 0)
         with torch.inference_mode(), torch.autocast(
             example.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
         ):
