@@ -1,7 +1,7 @@
 """The two background threads of an evaluation run, so the model never waits on anything else.
 
-* :class:`Producer`: one thread for the whole run makes the images of the cells it is asked
-  for, in order, ``depth`` batches ahead, so the next cell's first batches are ready when the
+* :class:`Producer`: one thread for the whole run makes the batches of the cells it is asked
+  for (images, or the models' inputs made from them), in order, ``depth`` batches ahead, so the next cell's first batches are ready when the
   model finishes a cell. On a GPU it works on its own CUDA stream (copies from pinned memory
   without blocking, corruption kernels beside the model's) and hands each batch over with an
   event the model's stream waits on; on the CPU these are plain tensors.
@@ -45,7 +45,7 @@ class Producer:
         self._thread.start()
 
     def request(self, batches: Callable[[], Iterable[tuple[torch.Tensor, Any]]]) -> None:
-        """Queue a cell: ``batches()`` yields its (images on the device, labels)."""
+        """Queue a cell: ``batches()`` yields its (tensor or {name: tensor} on the device, labels)."""
         self._requests.put(batches)
 
     def _put(self, item: Any) -> bool:
@@ -84,7 +84,8 @@ class Producer:
             if event is not None:
                 stream = torch.cuda.current_stream(self.device)
                 stream.wait_event(event)
-                images.record_stream(stream)  # the allocator must not reuse it before the model is done
+                for tensor in images.values() if isinstance(images, dict) else (images,):
+                    tensor.record_stream(stream)  # not reused before the model is done with it
             yield images, labels
 
     def close(self) -> None:

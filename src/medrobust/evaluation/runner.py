@@ -4,13 +4,13 @@ Each cell is scored independently and recorded in the run's :class:`ResultsStore
 cells are skipped, so re-running a command resumes it, and several processes can share a
 grid (a cell is claimed before it is computed). Images are corrupted on the fly with the
 corruption engine on the model's device, or read from a generated benchmark folder. One
-background thread makes the images of the run, a cell ahead, while the model scores, and
-another writes the results (:mod:`medrobust.evaluation.pipeline`).
+background thread makes the images of the run and the models' inputs from them (resized,
+normalised), a cell ahead, while the model scores, and another writes the results
+(:mod:`medrobust.evaluation.pipeline`).
 """
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -192,27 +192,44 @@ class _Source:
         return self.layout.read(name, split, *cell, info=self.dataset.info)
 
 
+def _input_key(model: ModelAdapter) -> tuple[str, str]:
+    """Models with equal keys take the same pixels (e.g. a base model and its adapters)."""
+    return repr(model.preprocess), str(model.device)
+
+
+def model_inputs(
+    classifiers: Sequence[ZeroShotClassifier], batches: Iterable[tuple[torch.Tensor, Any]]
+) -> Iterator[tuple[dict[tuple[str, str], torch.Tensor], Any]]:
+    """Each batch of uint8 images preprocessed once per distinct preprocessing of the
+    classifiers' models: ``({input key: pixels}, labels)``. The run makes these on its
+    producer thread, so resizing and normalising stay off the model's critical path."""
+    models = {_input_key(c.model): c.model for c in classifiers}
+    for images, labels in batches:
+        with torch.inference_mode():
+            pixels = {key: model.preprocess(images.to(model.device, non_blocking=True))
+                      for key, model in models.items()}
+        yield pixels, labels
+
+
 def score_cell(
-    classifiers: Sequence[ZeroShotClassifier], batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+    classifiers: Sequence[ZeroShotClassifier],
+    inputs: Iterable[tuple[dict[tuple[str, str], torch.Tensor], Any]],
 ) -> tuple[list[np.ndarray], np.ndarray]:
-    """Probabilities (N, K) of each classifier and the labels (N,), streamed.
+    """Probabilities (N, K) of each classifier and the labels (N,), streamed from
+    :func:`model_inputs` batches.
 
     The images of a cell are produced (read or corrupted) once and scored by every model;
-    models with the same preprocessing (e.g. a base model and its adapters) share it.
+    models with the same preprocessing share it.
     """
     probs: list[list[np.ndarray]] = [[] for _ in classifiers]
     labels = []
     for classifier in classifiers:
         classifier.model.check_eval()
-    for images, y in batches:
+    for pixels, y in inputs:
         with torch.inference_mode():
-            pixels: dict[tuple[str, str], torch.Tensor] = {}
             for out, classifier in zip(probs, classifiers, strict=True):
-                model = classifier.model
-                key = (repr(model.preprocess), str(model.device))
-                if key not in pixels:
-                    pixels[key] = model.preprocess(images.to(model.device, non_blocking=True))
-                out.append(classifier.probabilities(pixels[key]).float().cpu().numpy())
+                out.append(classifier.probabilities(pixels[_input_key(classifier.model)])
+                           .float().cpu().numpy())
         labels.append(np.asarray(y))
     return [np.concatenate(p) for p in probs], np.concatenate(labels)
 
@@ -416,8 +433,8 @@ def _run_cells(
     summary: RunSummary, progress: bool,
 ) -> None:
     """Score every cell of ``plan`` not done: claimed one cell ahead, so the producer thread
-    makes the next cell's images while the model scores this one; results are written by the
-    writer thread."""
+    makes the next cell's model inputs while the model scores this one; results are written
+    by the writer thread."""
     # a short label: a bar wider than the terminal is cut down to its label, counts and all
     label = f"{len(models)} model{'s' if len(models) > 1 else ''} x {len(plan)} dataset(s)"
     bar = tqdm(total=sum(len(w.cells) for w in plan), desc=label, unit="cell",
@@ -428,11 +445,11 @@ def _run_cells(
         try:
             current = next(pending, None)
             if current is not None:
-                producer.request(functools.partial(current[0].source.batches, current[1]))
+                producer.request(_making(current))
             while current is not None:
                 upcoming = next(pending, None)
                 if upcoming is not None:
-                    producer.request(functools.partial(upcoming[0].source.batches, upcoming[1]))
+                    producer.request(_making(upcoming))
                 _score(current, producer, writer, summary)
                 bar.update()
                 current, upcoming = upcoming, None
@@ -443,6 +460,12 @@ def _run_cells(
             raise
         finally:
             bar.close()
+
+
+def _making(item: _Item) -> Callable[[], Iterator[tuple[dict, Any]]]:
+    """What the producer runs for a cell: its images, made and preprocessed for its models."""
+    work, cell, todo = item
+    return lambda: model_inputs([c for _, c in todo], work.source.batches(cell))
 
 
 def _score(item: _Item, producer: Producer, writer: ResultWriter, summary: RunSummary) -> None:
