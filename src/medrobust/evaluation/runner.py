@@ -221,8 +221,8 @@ def score_cell(
     The images of a cell are produced (read or corrupted) once and scored by every model;
     models with the same preprocessing share it.
     """
-    probs: list[list[np.ndarray]] = [[] for _ in classifiers]
-    labels = []
+    probs = [_Rows() for _ in classifiers]
+    labels = _Rows()
     for classifier in classifiers:
         classifier.model.check_eval()
     for pixels, y in inputs:
@@ -231,7 +231,36 @@ def score_cell(
                 out.append(classifier.probabilities(pixels[_input_key(classifier.model)])
                            .float().cpu().numpy())
         labels.append(np.asarray(y))
-    return [np.concatenate(p) for p in probs], np.concatenate(labels)
+    return [p.array() for p in probs], labels.array()
+
+
+class _Rows:
+    """Rows appended batch by batch into one array that doubles when full.
+
+    A cell's results live in a few blocks rather than one small block per batch: small
+    long-lived blocks between the batches' large ones pin the heap, which then grows with the
+    number of batches (glibc, more so with :func:`medrobust.runtime.keep_freed_memory`).
+    """
+
+    def __init__(self) -> None:
+        self._rows: np.ndarray | None = None
+        self._n = 0
+
+    def append(self, rows: np.ndarray) -> None:
+        end = self._n + len(rows)
+        if self._rows is None or end > len(self._rows):
+            grown = np.empty((max(end, 2 * self._n, 1), *rows.shape[1:]), rows.dtype)
+            if self._rows is not None:
+                grown[: self._n] = self._rows[: self._n]
+            self._rows = grown
+        self._rows[self._n : end] = rows
+        self._n = end
+
+    def array(self) -> np.ndarray:
+        """The rows so far, as one array of their own."""
+        if self._rows is None:
+            raise ValueError("no images to score")
+        return self._rows[: self._n].copy()
 
 
 @dataclass
