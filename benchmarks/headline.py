@@ -7,6 +7,9 @@ test-set size, native shape and label space (random uint8 from a seeded generato
 the same to corrupt and score as real ones; their accuracy means nothing). ``--limit N``
 scores the first N images of each dataset only; each dataset's measured rate is then scaled to
 its full test set for the projection. Every figure printed is measured, none estimated.
+Peak memory: this process's maximum RSS (the imports alone are ~850 MiB), and per dataset the
+growth of anonymous memory during its run and, on CUDA, the peak allocated device memory; these
+follow the batch size and prefetch depth, not the dataset's size.
 
 Usage::
 
@@ -29,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from _common import AnonPeak
 from medrobust.corruptions import get_suite
 from medrobust.data import DataNotFoundError, ImageDataset, load_medmnist, medmnist_info
 from medrobust.data.medmnist import MEDMNIST_2D_FLAGS, _medmnist_info
@@ -63,16 +67,21 @@ def test_set(flag: str, root: Path) -> ImageDataset:
 
 
 def measure(model: Any, dataset: ImageDataset, args: argparse.Namespace) -> dict[str, Any]:
-    """One dataset's grid (limited to ``--limit`` images): measured rate, projection to its size."""
+    """One dataset's grid (limited to ``--limit`` images): measured rate, projection to its size,
+    and the run's peak memory (anonymous host memory above the start of the run, GPU)."""
     suite = get_suite("medmnist-c", dataset.name)
     cells = 1 + 5 * len(suite.corruptions)
     spec = GridSpec(models=[model], datasets=[dataset], suite="medmnist-c", batch_size=args.batch_size,
                     device=args.device, precision=args.precision, limit=args.limit,
                     kernels=args.kernels, compile=args.compile)
-    with tempfile.TemporaryDirectory() as run_dir:
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    with tempfile.TemporaryDirectory() as run_dir, AnonPeak() as anon:
+        before = AnonPeak.current_mib()
         start = time.perf_counter()
         summary = run_grid(spec, run_dir, progress=False)
-        if args.device.startswith("cuda"):
+        if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
     rate = summary.images / seconds
@@ -80,7 +89,9 @@ def measure(model: Any, dataset: ImageDataset, args: argparse.Namespace) -> dict
     return {"dataset": dataset.name, "data": "real" if dataset.source != "synthetic" else "synthetic",
             "test_images": len(dataset), "cells": cells, "images_scored": summary.images,
             "seconds": round(seconds, 2), "images_per_s": round(rate, 1), "grid_images": full,
-            "projected_minutes": round(full / rate / 60, 2)}
+            "projected_minutes": round(full / rate / 60, 2),
+            "peak_anon_growth_mib": None if before is None else round(anon.peak_mib - before, 1),
+            "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if cuda else None}
 
 
 def main() -> None:
@@ -121,7 +132,8 @@ def main() -> None:
         "threads": torch.get_num_threads(), "load_average_1min": os.getloadavg()[0],
         "images_scored": scored, "seconds": round(seconds, 1),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if args.device.startswith("cuda") else None,
+        "peak_anon_growth_mib": max((r["peak_anon_growth_mib"] or 0) for r in rows) if rows else None,
+        "peak_gpu_mib": max(r["peak_gpu_mib"] for r in rows) if rows and args.device.startswith("cuda") else None,
         "images_per_s": round(scored / seconds, 1),
         "grid_images": sum(r["grid_images"] for r in rows),
         "projected_minutes": round(sum(r["projected_minutes"] for r in rows), 1),

@@ -81,6 +81,42 @@ def test_several_models_share_each_cell_and_resume_per_model(tiny_clip, breast, 
         assert len(store.rows(model=other_name)) == 5
 
 
+def test_model_inputs_are_made_once_per_batch_on_the_producer_thread(
+    tiny_clip, breast, tmp_path, monkeypatch
+):
+    """The model's thread only runs the forward pass: preprocessing (resize, normalise) is done
+    by the producer, once per batch for models that share it."""
+    from medrobust.models.base import ImagePreprocess
+
+    other = create_model("clip-vit-b16", pretrained=False, tiny=True, seed=1)
+    other.info = dataclasses.replace(other.info, name="clip-vit-b16-seed1")
+    threads = []
+    real = ImagePreprocess.__call__
+
+    def recording(self, images):
+        threads.append(threading.current_thread().name)
+        return real(self, images)
+
+    monkeypatch.setattr(ImagePreprocess, "__call__", recording)
+    run_grid(_spec(tiny_clip, breast, models=[tiny_clip, other], corruptions=["pixelate"],
+                   severities=(1,)), tmp_path, progress=False)
+    assert threads == ["medrobust-producer"] * 2 * 3  # 2 cells x 3 batches of 10, one model input each
+
+
+def test_rows_of_batches_make_one_array():
+    from medrobust.evaluation.runner import _Rows
+
+    rows = _Rows()
+    batches = [np.arange(6, dtype=np.float32).reshape(3, 2) + i for i in range(5)]
+    for batch in batches:
+        rows.append(batch)
+    out = rows.array()
+    np.testing.assert_array_equal(out, np.concatenate(batches))
+    assert out.dtype == np.float32 and out.base is None
+    with pytest.raises(ValueError, match="no images"):
+        _Rows().array()
+
+
 def test_benchmark_folder_gives_the_same_results_as_on_the_fly(tiny_clip, breast, tmp_path):
     suite = get_suite("medmnist-c/breastmnist").select(["pixelate", "speckle_noise"])
     generate_benchmark(breast, suite, tmp_path / "bench", GenerateConfig(severities=(1, 5)),
