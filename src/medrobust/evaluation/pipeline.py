@@ -1,10 +1,11 @@
 """The two background threads of an evaluation run, so the model never waits on anything else.
 
 * :class:`Producer`: one thread for the whole run makes the batches of the cells it is asked
-  for (images, or the models' inputs made from them), in order, ``depth`` batches ahead, so the next cell's first batches are ready when the
-  model finishes a cell. On a GPU it works on its own CUDA stream (copies from pinned memory
-  without blocking, corruption kernels beside the model's) and hands each batch over with an
-  event the model's stream waits on; on the CPU these are plain tensors.
+  for (images, or the models' inputs made from them), in order, ``depth`` batches ahead, so
+  the next cell's first batches are ready when the model finishes a cell. On a GPU it works
+  on its own CUDA stream (copies from pinned memory without blocking, corruption kernels
+  beside the model's) and hands each batch over with an event the model's stream waits on;
+  on the CPU these are plain tensors.
 * :class:`ResultWriter`: one thread computes each finished cell's metrics and writes its
   predictions file and row (its own SQLite connection), in order, at most ``depth`` cells
   behind. A run killed at any moment loses only the cells in flight: each cell is still written
