@@ -14,8 +14,13 @@
 # Environment:
 #   MEDROBUST_DATA  data root (default ../shared/data); where the machine has no ../shared,
 #                   copy breastmnist.npz and pneumoniamnist.npz into a carried folder
-#   PYTHON          interpreter with torch and medrobust's requirements (default python3);
-#                   missing packages (open_clip_torch, ftfy, ...) installed first from wheels
+#   PYTHON          interpreter with torch and medrobust's requirements (default python3).
+#                   A machine that cannot reach an index gets the missing ones as wheels, made
+#                   beside the checkout and carried (the lent H100's image, 2026-11, lacked
+#                   open-clip-torch, ftfy, wcwidth, platformdirs and medmnist with its fire and
+#                   termcolor): pip download --no-deps --only-binary=:all: -d .whl NAME==VERSION,
+#                   then there: pip install --no-index --no-deps --target /tmp/site .whl/*.whl
+#                   and PYTHONPATH=/tmp/site
 #   BUDGET          seconds for the whole script (default 540); each step gets its share
 set -u -o pipefail
 
@@ -34,10 +39,11 @@ START=$(date +%s)
 STATUS="$OUT/steps.txt"
 : > "$STATUS"
 
+# the benchmarks take --pretrained (load shipped weights), eval takes --random-weights
 if [ "$DEVICE" = cpu ]; then
-    PRECISION=fp32; MODEL=(--model medrobust-mini --pretrained)
+    PRECISION=fp32; MODEL=(--model medrobust-mini --pretrained); EVAL_MODEL=(--model medrobust-mini)
 else
-    PRECISION=bf16; MODEL=(--model clip-vit-b16)
+    PRECISION=bf16; MODEL=(--model clip-vit-b16); EVAL_MODEL=(--model clip-vit-b16 --random-weights)
 fi
 if [ "$QUICK" = 1 ]; then N=32; BATCH=16; LIMIT=4; REPEATS=1; else N=2048; BATCH=512; LIMIT=256; REPEATS=3; fi
 
@@ -85,7 +91,7 @@ step headline 15 "$PYTHON" benchmarks/headline.py "${MODEL[@]}" --device "$DEVIC
 # both processes on the one device (an explicit index is kept under torchrun)
 SHARD_DEVICE="$DEVICE"
 [ "$DEVICE" = cuda ] && SHARD_DEVICE=cuda:0
-GRID=(eval "${MODEL[@]}" --dataset breastmnist --corruptions gaussian_noise,pixelate --severities 1,5
+GRID=(eval "${EVAL_MODEL[@]}" --dataset breastmnist --corruptions speckle_noise,pixelate --severities 1,5
       --device "$SHARD_DEVICE" --precision "$PRECISION" --batch-size "$BATCH" --quiet)
 rm -rf "$OUT/one" "$OUT/two"
 step shard_one 5 "$PYTHON" -m medrobust.cli "${GRID[@]}" --run-dir "$OUT/one"

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from eval_speed import bare_rate
+from eval_speed import bare_side
 from medrobust.models import ZeroShotClassifier, create_model
 from medrobust.models.kernels import EngineSettings, prepare_for_inference
 from medrobust.models.zeroshot import PRECISIONS
@@ -72,7 +72,7 @@ def main() -> None:
     rates: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(args.repeats):
         for v in variants:
-            rates[v].append(bare_rate(built[v][0], pixels, args.steps))
+            rates[v].append(bare_side(built[v][0], pixels, args.steps)["images_per_s"])
     with torch.inference_mode():
         logits = {v: built[v][0].logits(pixels).float().cpu() for v in variants}
     reference = logits[variants[0]]
