@@ -87,6 +87,24 @@ def spread_indices(total: int, n: int) -> np.ndarray:
     return np.unique(np.linspace(0, total - 1, min(n, total)).round().astype(np.int64))
 
 
+def add_model_arguments(parser: Any, *, batch_size: int, precision: str) -> None:
+    """The model and engine options the evaluation benchmarks share, named as ``medrobust eval``
+    names them (medrobust side only: the kernel choices come from medrobust)."""
+    from medrobust.runtime import KERNELS
+
+    parser.add_argument("--model", default="clip-vit-b16")
+    parser.add_argument("--tiny", action="store_true", help="the model's tiny test config instead of full size")
+    parser.add_argument("--pretrained", action="store_true",
+                        help="load the model's weights (e.g. the shipped medrobust-mini); default random")
+    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default=precision)
+    parser.add_argument("--kernels", default="auto", choices=KERNELS, help="as medrobust eval --kernels")
+    parser.add_argument("--compile", action="store_true", help="as medrobust eval --compile")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
+
+
 def write_medmnist_root(root: Path, dataset: str, images: np.ndarray, labels: np.ndarray) -> Path:
     """``<root>/<dataset>_224.npz`` in MedMNIST format (train/val present, empty: only test is used)."""
     root.mkdir(parents=True, exist_ok=True)

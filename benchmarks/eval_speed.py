@@ -39,16 +39,14 @@ from typing import Any
 
 import torch
 
-from _common import AnonPeak, maxrss_mib
+from _common import AnonPeak, add_model_arguments, maxrss_mib
 from medrobust.corruptions import get_suite, prepare_images
 from medrobust.data import open_dataset
 from medrobust.evaluation import GridSpec, run_grid
 from medrobust.models import ModelAdapter, ZeroShotClassifier, create_model
 from medrobust.models.kernels import EngineSettings, prepare_for_inference
 from medrobust.models.zeroshot import PRECISIONS
-from medrobust.runtime import KERNELS, keep_freed_memory
-
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from medrobust.runtime import keep_freed_memory
 
 
 def _sync(device: torch.device) -> None:
@@ -93,7 +91,7 @@ def command_side(args: argparse.Namespace, images: int) -> dict[str, Any]:
     """``medrobust eval`` as a subprocess: wall-clock images/s, its CPU and maximum RSS."""
     with tempfile.TemporaryDirectory() as run_dir:
         cmd = [sys.executable, "-m", "medrobust.cli", "--threads", str(torch.get_num_threads()),
-               "eval", "--model", args.model, "--dataset", args.dataset, "--data-root", args.data_root,
+               "eval", "--model", args.model, "--dataset", args.dataset, "--data-root", str(args.data_root),
                "--suite", args.suite, "--severities", str(args.severity), "--limit", str(args.n),
                "--batch-size", str(args.batch_size), "--device", args.device,
                "--precision", args.precision, "--kernels", args.kernels, "--run-dir", run_dir, "--quiet"]
@@ -127,24 +125,14 @@ def _best_ratio(runs: list[dict[str, Any]], side: str) -> float:
 
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="clip-vit-b16")
-    parser.add_argument("--tiny", action="store_true",
-                        help="the tiny test config instead of full size (no command side)")
-    parser.add_argument("--pretrained", action="store_true",
-                        help="load the model's weights (e.g. the shipped medrobust-mini); default random")
+    add_model_arguments(parser, batch_size=64, precision="fp32")
     parser.add_argument("--dataset", default="pneumoniamnist")
-    parser.add_argument("--data-root", default=os.environ.get("MEDROBUST_DATA", str(DEFAULT_DATA)))
     parser.add_argument("--suite", default="medmnist-c")
     parser.add_argument("--severity", type=int, default=3)
     parser.add_argument("--n", type=int, default=256, help="images of the dataset to use (its first N)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="fp32")
-    parser.add_argument("--kernels", default="auto", choices=KERNELS, help="as medrobust eval --kernels")
-    parser.add_argument("--compile", action="store_true", help="as medrobust eval --compile")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
     parser.add_argument("--repeats", type=int, default=3, help="alternated rounds of the sides (spread)")
-    parser.add_argument("--no-command", action="store_true", help="skip the `medrobust eval` side")
+    parser.add_argument("--no-command", action="store_true",
+                        help="skip the `medrobust eval` side (always skipped with --tiny)")
     parser.add_argument("--json", help="write the results here")
     return parser.parse_args()
 
@@ -172,7 +160,7 @@ def main() -> None:
     classifier, pixels = _bare_input(args, model, device)
     spec = GridSpec(models=[model], datasets=[args.dataset], suite=args.suite,
                     severities=(args.severity,), batch_size=args.batch_size, device=args.device,
-                    precision=args.precision, data_root=Path(args.data_root), limit=args.n,
+                    precision=args.precision, data_root=args.data_root, limit=args.n,
                     kernels=args.kernels, compile=args.compile)
     command = not (args.no_command or args.tiny)
     runs = []

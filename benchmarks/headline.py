@@ -32,15 +32,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from _common import AnonPeak
+from _common import AnonPeak, add_model_arguments
 from medrobust.corruptions import get_suite
 from medrobust.data import DataNotFoundError, ImageDataset, load_medmnist, medmnist_info
 from medrobust.data.medmnist import MEDMNIST_2D_FLAGS, _medmnist_info
 from medrobust.evaluation import GridSpec, run_grid
 from medrobust.models import create_model
-from medrobust.runtime import KERNELS
-
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def synthetic_test_set(flag: str, seed: int = 0) -> ImageDataset:
@@ -96,18 +93,9 @@ def measure(model: Any, dataset: ImageDataset, args: argparse.Namespace) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="clip-vit-b16")
-    parser.add_argument("--pretrained", action="store_true", help="load the model's weights (default random)")
-    parser.add_argument("--tiny", action="store_true", help="the tiny test config of the model")
+    add_model_arguments(parser, batch_size=128, precision="auto")
     parser.add_argument("--datasets", default=",".join(MEDMNIST_2D_FLAGS))
-    parser.add_argument("--data-root", type=Path, default=Path(os.environ.get("MEDROBUST_DATA", DEFAULT_DATA)))
     parser.add_argument("--limit", type=int, help="score only the first N images of each dataset")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="auto")
-    parser.add_argument("--kernels", default="auto", choices=KERNELS, help="as medrobust eval --kernels")
-    parser.add_argument("--compile", action="store_true", help="as medrobust eval --compile")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     if args.threads:
