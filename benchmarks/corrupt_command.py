@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,17 +65,22 @@ VARIANTS = {
 _IMPORTS = "import medrobust.cli, medrobust.corruptions.generate, medrobust.corruptions"
 
 
-def _timed(command: Sequence[str], env: dict[str, str]) -> dict[str, float]:
-    """Wall and CPU seconds of one child process (CPU from the children's rusage delta)."""
-    before = os.times()
-    start = time.perf_counter()
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - start
-    after = os.times()
+def _timed(run: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
+    """``run()``'s result, and its wall and CPU seconds (CPU: the rusage delta of the child
+    processes it waited for) with the load average after it."""
+    before, start = os.times(), time.perf_counter()
+    result = run()
+    wall, after = time.perf_counter() - start, os.times()
+    cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    return result, {"seconds": wall, "cpu_seconds": cpu, "load_1min": os.getloadavg()[0]}
+
+
+def _process(command: Sequence[str], env: dict[str, str]) -> dict[str, float]:
+    """Wall and CPU seconds of one child process, which must succeed."""
+    proc, timing = _timed(lambda: subprocess.run(command, env=env, capture_output=True, text=True, check=False))
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:4])} ... failed: {proc.stderr.strip()[-2000:]}")
-    cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
-    return {"seconds": wall, "cpu_seconds": cpu, "load_1min": os.getloadavg()[0]}
+    return timing
 
 
 def _our_command(prelude: str, out: Path, data_root: Path) -> list[str]:
@@ -93,7 +98,7 @@ def run_ours(variant: str, workdir: Path, data_root: Path, cache: Path) -> dict[
     out = Path(tempfile.mkdtemp(prefix="medrobust-cmd-", dir="/dev/shm")) if ram_disk else workdir / "out"
     shutil.rmtree(out, ignore_errors=True)
     try:
-        result = _timed(_our_command(prelude, out, data_root), {**os.environ, "MEDROBUST_CACHE": str(cache)})
+        result = _process(_our_command(prelude, out, data_root), {**os.environ, "MEDROBUST_CACHE": str(cache)})
         result["bytes"] = _output_bytes(out)
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -101,19 +106,16 @@ def run_ours(variant: str, workdir: Path, data_root: Path, cache: Path) -> dict[
 
 
 def run_start_up(cache: Path) -> dict[str, Any]:
-    return _timed([sys.executable, "-c", _IMPORTS], {**os.environ, "MEDROBUST_CACHE": str(cache)})
+    return _process([sys.executable, "-c", _IMPORTS], {**os.environ, "MEDROBUST_CACHE": str(cache)})
 
 
 def run_reference_process(refenv: Path, root: Path, workdir: Path) -> dict[str, Any]:
     out = workdir / "reference_out"
     shutil.rmtree(out, ignore_errors=True)
-    before, start = os.times(), time.perf_counter()
-    report = run_reference(refenv, ["dataset-manager", "--medmnist-root", str(root), "--output", str(out),
-                                    "--dataset", DATASET, "--report", str(workdir / "reference.json")])
-    wall, after = time.perf_counter() - start, os.times()
-    cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
-    result = {"seconds": wall, "cpu_seconds": cpu, "load_1min": os.getloadavg()[0],
-              "inner_seconds": report["seconds"], "bytes": _output_bytes(out)}
+    args = ["dataset-manager", "--medmnist-root", str(root), "--output", str(out), "--dataset", DATASET,
+            "--report", str(workdir / "reference.json")]
+    report, timing = _timed(lambda: run_reference(refenv, args))
+    result = {**timing, "inner_seconds": report["seconds"], "bytes": _output_bytes(out)}
     shutil.rmtree(out, ignore_errors=True)
     return result
 
@@ -170,7 +172,7 @@ def render(payload: dict[str, Any]) -> str:
              f"severities at 224 px (uncompressed npz, 2 GB); every run a process, wall time start to exit. "
              f"Machine: {meta['machine']}; load average at start {meta['load_at_start']}, at end "
              f"{meta['load_at_end']}. medmnistc writes `savez_compressed` (its default), ours uncompressed "
-             f"(ours); start-up = importing what the command imports.")
+             f"(our default); start-up = importing what the command imports.")
     return "\n".join(["# The corrupt command against medmnistc", "", intro, "", markdown_table(headers, rows)]), \
         format_table(headers, rows)
 

@@ -16,8 +16,7 @@ SCRIPTS = sorted(p.stem for p in BENCHMARKS.glob("*.py") if p.stem != "_referenc
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_benchmark_script_imports(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    for cached in [m for m in sys.modules if m == name]:
-        monkeypatch.delitem(sys.modules, cached)
+    monkeypatch.delitem(sys.modules, name, raising=False)
     module = importlib.import_module(name)
     assert name.startswith("_") or callable(getattr(module, "main", None))
 

@@ -3,9 +3,10 @@
 ``NpzWriter`` streams arrays into an npz (a zip of ``.npy`` members) chunk by chunk, so a
 benchmark file of several GiB is written without holding it in memory; the file appears under
 its final name only when every declared array is complete (temporary file, fsync, atomic
-rename), and its SHA-256 is known without reading it back. ``load_npz`` never unpickles, memory-maps uncompressed members and reads compressed
-ones lazily, key by key; ``load_npz_rows`` reads a row range of one member (a memmap slice
-when stored, a streamed skip-and-read when deflated).
+rename), and its SHA-256 is known without reading it back. ``load_npz`` never unpickles,
+memory-maps uncompressed members and reads compressed ones lazily, key by key;
+``load_npz_rows`` reads a row range of one member (a memmap slice when stored, a streamed
+skip-and-read when deflated).
 """
 
 from __future__ import annotations
